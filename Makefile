@@ -1,0 +1,37 @@
+# `make help` lists the targets. The first use of any target creates .venv and installs the locked
+# dependencies (requirements.lock, made from pyproject.toml by `make lock`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN := PATH="$(BIN):$$PATH"
+
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test lint lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv with ferflow and its locked dependencies
+
+repro: $(STAMP)  ## set up, then run the whole pipeline (dvc repro) on the default synthetic data
+	$(RUN) dvc repro
+
+test: $(STAMP)  ## set up, then run the test suite
+	$(RUN) pytest
+
+lint: $(STAMP)  ## ruff
+	$(RUN) ruff check src tests benchmarks
+
+lock: $(STAMP)  ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from ferflow.cli import main
+
+raise SystemExit(main())
