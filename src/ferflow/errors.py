@@ -1,0 +1,21 @@
+"""Errors meant for people: each one names the problem and where it is."""
+
+
+class FerflowError(Exception):
+    """Base class for errors the CLI reports as a one-paragraph message and a non-zero exit."""
+
+    exit_code = 1
+
+
+class ParamsError(FerflowError):
+    """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
+
+    exit_code = 2
+
+
+class DataError(FerflowError):
+    """An input file, URL, row or image cannot be used."""
+
+
+class ValidationFailed(FerflowError):
+    """The data quality gate failed: too many bad rows or a dataset-level expectation failed."""

@@ -1,0 +1,176 @@
+"""``params.yaml`` parsed once into typed, validated, immutable settings.
+
+Every knob of the pipeline is declared here with its type, range and default. An unknown key, a wrong
+type or an out-of-range value is a :class:`~ferflow.errors.ParamsError` naming the key, raised before any
+stage starts work. Stages receive these objects; no module reads ``params.yaml`` by itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ferflow.errors import ParamsError
+from ferflow.schema import EMOTIONS
+
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+# Named class subsets used in the FER literature; a list of class names works too.
+CLASS_PRESETS: dict[str, tuple[str, ...]] = {
+    "all": EMOTIONS,
+    "no_disgust": ("angry", "fear", "happy", "sad", "surprise", "neutral"),
+    "four": ("angry", "happy", "sad", "neutral"),
+    "happy_vs_sad": ("happy", "sad"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SyntheticParams(_Section):
+    n_images: Annotated[int, Field(ge=100, le=2_000_000)] = 15_000
+    seed: Seed = 2013
+
+
+class DataParams(_Section):
+    source: str = "synthetic"
+    sha256: str | None = None
+    on_bad_image: Literal["error", "skip"] = "error"
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be 'synthetic', 'kaggle', a local path or an http(s) URL")
+        return value.strip()
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_is_hex(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 hexadecimal characters (a SHA-256 digest) or null")
+        return value
+
+
+class SubsampleParams(_Section):
+    fraction: Fraction = 0.1
+    seed: Seed = 42
+    classes: str | list[str] = "all"
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if value not in CLASS_PRESETS:
+                raise ValueError(f"unknown preset {value!r}; use one of {sorted(CLASS_PRESETS)} or a list of names")
+            return value
+        names = [str(name).strip().lower() for name in value]
+        unknown = [name for name in names if name not in EMOTIONS]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown}; known: {list(EMOTIONS)}")
+        if len(set(names)) != len(names):
+            raise ValueError("lists a class more than once")
+        if len(names) < 2:
+            raise ValueError("needs at least two classes")
+        return names
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The selected classes in label order: label i of the subsample is ``class_names[i]``."""
+        if isinstance(self.classes, str):
+            return CLASS_PRESETS[self.classes]
+        return tuple(self.classes)
+
+
+class ValidateParams(_Section):
+    min_class_count: Annotated[int, Field(ge=1)] = 1
+    max_bad_fraction: Probability = 0.05
+    max_duplicate_fraction: Probability = 0.05
+    min_pixel_std: Annotated[float, Field(ge=0.0, le=128.0)] = 2.0
+    carve_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    seed: Seed = 42
+
+
+class OversampleParams(_Section):
+    enabled: bool = True
+    target_ratio: Fraction = 0.5
+    rotation_deg: Annotated[float, Field(ge=0.0, le=45.0)] = 10.0
+    shift: Annotated[float, Field(ge=0.0, le=0.3)] = 0.1
+    zoom: Annotated[float, Field(ge=0.0, le=0.3)] = 0.1
+    horizontal_flip: bool = True
+    seed: Seed = 42
+
+
+class OnlineAugmentParams(_Section):
+    """Applied on the fly by the train stage with Keras preprocessing layers (DeepFER recipe)."""
+
+    enabled: bool = True
+    rotation_deg: Annotated[float, Field(ge=0.0, le=45.0)] = 10.0
+    width_shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    height_shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    zoom: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    horizontal_flip: bool = True
+
+
+class AugmentParams(_Section):
+    oversample: OversampleParams = OversampleParams()
+    online: OnlineAugmentParams = OnlineAugmentParams()
+    preview_images: Annotated[int, Field(ge=1, le=32)] = 8
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    subsample: SubsampleParams = SubsampleParams()
+    # ``validate`` is a (deprecated) BaseModel method, so the section lives under another attribute name.
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
+    augment: AugmentParams = AugmentParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (typo? see README's params table)"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping, raising :class:`ParamsError` that lists every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(error) for error in exc.errors())
+        raise ParamsError(f"{source} has invalid params:\n  {problems}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found (run from the repository root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

@@ -1,0 +1,25 @@
+"""Where the pipeline's files live, relative to the repository root (``dvc.yaml`` names the same paths).
+
+Only constants and pure functions: importing this module creates nothing.
+"""
+
+from pathlib import Path
+
+RAW_TABLE = Path("data/raw/fer2013.csv")
+RAW_MANIFEST = Path("data/raw/manifest.json")
+DOWNLOAD_CACHE = Path("data/external")
+
+SUBSAMPLE_TABLE = Path("data/interim/subsample.csv")
+SUBSAMPLE_SUMMARY = Path("data/interim/subsample.json")
+
+CLEAN_ARRAYS = Path("data/processed/clean.npz")
+QUARANTINE = Path("data/interim/quarantine.csv")
+VALIDATION_REPORT = Path("reports/validate/gx_result.json")
+VALIDATION_SUMMARY = Path("reports/validate/summary.md")
+VALIDATION_METRICS = Path("reports/validate/metrics.json")
+
+TRAIN_ARRAYS = Path("data/processed/train.npz")
+AUGMENT_SUMMARY = Path("reports/augment/summary.json")
+AUGMENT_PREVIEW = Path("reports/augment/preview.png")
+AUGMENT_CLASS_COUNTS = Path("reports/augment/class_counts.png")
+

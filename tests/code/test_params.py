@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferflow.errors import ParamsError
+from ferflow.params import load_params, parse_params
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_file_is_valid_and_complete():
+    params = load_params(REPO_ROOT / "params.yaml")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    # Every key in the file is consumed (no stale knobs), and the file spells out every default.
+    assert params.model_dump(by_alias=True) == raw
+    assert params.subsample.fraction == 0.1
+    assert params.data.source == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"subsample": {"fraction": 1.5}}, "subsample.fraction: Input should be less than or equal to 1"),
+        ({"subsample": {"fraction": 0}}, "subsample.fraction: Input should be greater than 0"),
+        ({"subsample": {"fractoin": 0.2}}, "subsample.fractoin: unknown key"),
+        ({"trian": {}}, "trian: unknown key"),
+        (
+            {"validate": {"min_class_count": "many"}},
+            "validate.min_class_count: Input should be a valid integer",
+        ),
+        ({"subsample": {"classes": ["happy", "joy"]}}, "unknown class name(s) ['joy']"),
+        ({"subsample": {"classes": ["happy"]}}, "needs at least two classes"),
+        ({"subsample": {"classes": "five"}}, "unknown preset 'five'"),
+        ({"data": {"sha256": "abc"}}, "data.sha256: must be 64 hexadecimal characters"),
+        ({"data": {"on_bad_image": "ignore"}}, "data.on_bad_image: Input should be 'error' or 'skip'"),
+        ({"augment": {"oversample": {"target_ratio": -1}}}, "augment.oversample.target_ratio"),
+    ],
+)
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert message in str(error.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ParamsError) as error:
+        parse_params({"subsample": {"fraction": 2, "seed": -1}, "validate": {"max_bad_fraction": 3}})
+    text = str(error.value)
+    assert "subsample.fraction" in text and "subsample.seed" in text and "validate.max_bad_fraction" in text
+
+
+def test_class_presets_and_lists_give_label_order():
+    assert parse_params({"subsample": {"classes": "happy_vs_sad"}}).subsample.class_names == ("happy", "sad")
+    assert parse_params({"subsample": {"classes": "no_disgust"}}).subsample.class_names == (
+        "angry", "fear", "happy", "sad", "surprise", "neutral",
+    )  # fmt: skip
+    assert parse_params({"subsample": {"classes": ["Sad", "happy"]}}).subsample.class_names == (
+        "sad",
+        "happy",
+    )
+
+
+def test_params_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("subsample: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
