@@ -1,0 +1,85 @@
+"""Shared fixtures: small synthetic tables, the real FER sample (when present) and a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferflow.data.synthetic import generate
+from ferflow.data.table import make_table
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "fer2013-dev.csv.gz"
+
+
+@functools.cache
+def _synthetic(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return generate(n_images, seed, progress=False)
+
+
+@pytest.fixture
+def synthetic_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """About 400 synthetic faces (images, labels, usages), drawn once per test session."""
+    images, labels, usages = _synthetic(400, 7)
+    return images.copy(), labels.copy(), usages.copy()
+
+
+@pytest.fixture
+def synthetic_table(synthetic_arrays) -> pd.DataFrame:
+    """The synthetic faces as a canonical FER table (emotion as text, as read from a CSV)."""
+    table = make_table(*synthetic_arrays)
+    return table.astype({"emotion": str})
+
+
+@pytest.fixture
+def real_sample() -> Path:
+    if not REAL_SAMPLE.is_file():
+        pytest.skip(f"real FER-2013 sample not present at {REAL_SAMPLE}")
+    return REAL_SAMPLE
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # keep test output readable
+        pass
+
+    def do_GET(self) -> None:
+        self.server.get_count += 1  # type: ignore[attr-defined]
+        super().do_GET()
+
+
+class LocalServer:
+    def __init__(self, root: Path, server: http.server.ThreadingHTTPServer) -> None:
+        self.root = root
+        self._server = server
+
+    def url(self, name: str) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/{name}"
+
+    @property
+    def get_count(self) -> int:
+        return self._server.get_count  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; it counts GET requests."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_CountingHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.get_count = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LocalServer(root, server)
+    finally:
+        server.shutdown()
+        server.server_close()
