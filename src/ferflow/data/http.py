@@ -1,0 +1,93 @@
+"""HTTP(S) download with a progress bar, checksum verification, caching and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+from tqdm import tqdm
+
+from ferflow.errors import DataError
+from ferflow.io import atomic_path, sha256_file
+
+_CHUNK = 1 << 16
+_TIMEOUT_S = 30
+
+
+def is_url(source: str) -> bool:
+    return urlparse(source).scheme in ("http", "https")
+
+
+def cache_name(url: str) -> str:
+    """File name for a URL in the download cache: its last path segment (the suffix tells the format)."""
+    name = Path(unquote(urlparse(url).path)).name
+    if not name or name in (".", ".."):
+        raise DataError(f"{url}: the URL names no file (it should end in e.g. fer2013.csv.gz or images.zip)")
+    return name
+
+
+def _remote_size(url: str) -> int | None:
+    try:
+        response = requests.head(url, allow_redirects=True, timeout=_TIMEOUT_S)
+    except requests.RequestException:
+        return None
+    length = response.headers.get("Content-Length")
+    return int(length) if response.ok and length and length.isdigit() else None
+
+
+def _is_cached(target: Path, url: str, sha256: str | None) -> bool:
+    if not target.is_file():
+        return False
+    if sha256 is not None:
+        return sha256_file(target) == sha256
+    # Without a checksum the best evidence is the size the server announces.
+    size = _remote_size(url)
+    return size is not None and size == target.stat().st_size
+
+
+def download(url: str, cache_dir: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Fetch ``url`` into ``cache_dir`` unless a matching copy is already there; return its path.
+
+    The file appears under its final name only when complete and, if ``sha256`` is given, verified;
+    a failed or interrupted download leaves nothing behind.
+    """
+    target = cache_dir / cache_name(url)
+    if _is_cached(target, url, sha256):
+        print(f"using cached {target} (already downloaded and matching)")
+        return target
+    try:
+        response = requests.get(url, stream=True, timeout=_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise DataError(f"{url}: download failed: {exc.__class__.__name__}: {exc}") from None
+    with response:
+        if not response.ok:
+            raise DataError(f"{url}: download failed: HTTP {response.status_code} {response.reason}")
+        total = response.headers.get("Content-Length")
+        total_bytes = int(total) if total and total.isdigit() else None
+        digest = hashlib.sha256()
+        received = 0
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"downloading {target.name}",
+                      disable=None if progress else True) as bar:  # fmt: skip
+                try:
+                    for chunk in response.iter_content(_CHUNK):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                except requests.RequestException as exc:
+                    raise DataError(f"{url}: download interrupted after {received} bytes: {exc}") from None
+            if total_bytes is not None and received != total_bytes:
+                raise DataError(f"{url}: download incomplete: got {received} of {total_bytes} bytes")
+            actual = digest.hexdigest()
+            if sha256 is not None and actual != sha256:
+                raise DataError(
+                    f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual} "
+                    "(wrong file, or corrupted in transit); nothing was kept"
+                )
+            handle.flush()
+            os.fsync(handle.fileno())
+    return target

@@ -1,0 +1,126 @@
+"""Image-folder datasets (``train/<emotion>/*.jpg``, ``test/<emotion>/*.jpg``) as a folder or a ``.zip``.
+
+Folder names map to labels and Usages through :data:`ferflow.schema.EMOTION_ALIASES` and
+:data:`ferflow.schema.USAGE_ALIASES`; images of any size or colour mode become 48x48 grey.
+Zip members are read in memory, never extracted, and an unsafe member name (``../``, absolute path) is
+refused outright because it marks an archive that was built to escape its folder.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ferflow.data.table import make_table
+from ferflow.errors import DataError
+from ferflow.schema import EMOTION_ALIASES, EMOTIONS, IMAGE_SIZE, USAGE_ALIASES
+
+# Files that operating systems and tools leave in folders; they are not images and not data.
+_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class ImageFolderReport:
+    """What an image-folder read skipped, and why (recorded in the download manifest)."""
+
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def to_fer_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes of any format, size or mode into a 48x48 uint8 grey image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            grey = image.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if grey.size != (IMAGE_SIZE, IMAGE_SIZE):
+        grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def _label_and_usage(relative: PurePosixPath) -> tuple[int, str] | None:
+    """Map ``<split>/<emotion>/<file>`` (possibly under a top folder) to (label, Usage), or None."""
+    parts = [part.lower() for part in relative.parts[:-1]]
+    if len(parts) < 2:
+        return None
+    usage = USAGE_ALIASES.get(parts[-2])
+    emotion = EMOTION_ALIASES.get(parts[-1])
+    if usage is None or emotion is None:
+        return None
+    return EMOTIONS.index(emotion), usage
+
+
+def _safe_member_name(name: str, archive: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"{archive}: unsafe entry name {name!r} (absolute or containing '..'); refusing the archive")
+    return path
+
+
+def _zip_entries(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{path}: not a readable zip archive ({exc})") from None
+    with archive:
+        infos = [info for info in archive.infolist() if not info.is_dir()]
+        names = [_safe_member_name(info.filename, str(path)) for info in infos]  # check all before reading
+        for info, name in zip(infos, names, strict=True):
+            try:
+                yield name, archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise DataError(f"{path}: entry {info.filename!r} is corrupt ({exc})") from None
+
+
+def _folder_entries(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        yield PurePosixPath(file.relative_to(root).as_posix()), file.read_bytes()
+
+
+def read_image_folders(path: Path, on_bad_image: str = "error") -> tuple[pd.DataFrame, ImageFolderReport]:
+    """Read a folder or zip of ``<split>/<emotion>/<image>`` files into the canonical table.
+
+    ``on_bad_image='error'`` stops at the end with a message listing every unreadable file;
+    ``'skip'`` leaves them out and lists them in the report (and so in the manifest).
+    """
+    entries = _zip_entries(path) if path.is_file() else _folder_entries(path)
+    images, labels, usages = [], [], []
+    report = ImageFolderReport()
+    for relative, data in tqdm(entries, desc=f"reading images from {path.name}", unit="file"):
+        if relative.name.lower() in _IGNORED_NAMES or relative.name.startswith("._"):
+            continue
+        target = _label_and_usage(relative)
+        if target is None:
+            report.skipped.append({"file": str(relative), "reason": "not under <split>/<emotion>/ folders"})
+            continue
+        try:
+            images.append(to_fer_image(data, str(relative)))
+        except DataError as exc:
+            report.skipped.append({"file": str(relative), "reason": str(exc).split(": ", 1)[1]})
+            continue
+        labels.append(target[0])
+        usages.append(target[1])
+    unreadable = [item for item in report.skipped if item["reason"].startswith("not a readable image")]
+    if unreadable and on_bad_image == "error":
+        listing = "\n  ".join(f"{item['file']}: {item['reason']}" for item in unreadable[:20])
+        more = f"\n  ... and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
+        raise DataError(
+            f"{path}: {len(unreadable)} file(s) are not readable images:\n  {listing}{more}\n"
+            "Remove them, or set data.on_bad_image: skip to leave them out (they are listed in the manifest)."
+        )
+    if not images:
+        raise DataError(
+            f"{path}: no images found in the <split>/<emotion>/<image> layout "
+            f"(splits: {sorted(set(USAGE_ALIASES))}; emotions: {sorted(set(EMOTION_ALIASES))})"
+        )
+    table = make_table(np.stack(images), labels, usages)
+    return table, report
