@@ -1,0 +1,110 @@
+"""The ``ferflow`` command: one sub-command per pipeline stage. It parses arguments, loads the params
+once, and calls the stage's ``run``; errors meant for people are printed without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ferflow import __version__, paths
+from ferflow.errors import FerflowError
+from ferflow.params import Params, load_params
+
+
+def _download(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import download
+
+    download.run(params.data, args.out, args.manifest, args.cache_dir, progress=not args.no_progress)
+
+
+def _subsample(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import subsample
+
+    subsample.run(params.subsample, args.raw, args.out, args.summary)
+
+
+def _validate(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import validate
+
+    validate.run(
+        params.validation, args.table, args.subsample_summary, args.out, args.quarantine, args.report,
+        args.summary, args.metrics,
+    )  # fmt: skip
+
+
+def _augment(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import augment
+
+    augment.run(params.augment, args.clean, args.out, args.summary, args.preview, args.class_counts)
+
+
+def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
+    for flag, (default, help_text) in options.items():
+        parser.add_argument(flag, type=Path, default=default, help=f"{help_text} (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferflow",
+        description="Facial expression recognition pipeline; `dvc repro` runs the stages in order.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferflow {__version__}")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stage: Callable[..., argparse.ArgumentParser] = commands.add_parser
+    download = stage("download", help="acquire the raw data (synthetic, file, archive, image folders, URL, Kaggle)")
+    _add_paths(download, {
+        "--out": (paths.RAW_TABLE, "canonical FER table to write"),
+        "--manifest": (paths.RAW_MANIFEST, "manifest JSON to write"),
+        "--cache-dir": (paths.DOWNLOAD_CACHE, "where downloads are kept between runs"),
+    })  # fmt: skip
+    download.add_argument("--no-progress", action="store_true", help="no progress bars")
+    download.set_defaults(handler=_download)
+
+    subsample = stage("subsample", help="stratified fraction of the raw table, optionally on a class subset")
+    _add_paths(subsample, {
+        "--raw": (paths.RAW_TABLE, "canonical FER table to read"),
+        "--out": (paths.SUBSAMPLE_TABLE, "subsample table to write"),
+        "--summary": (paths.SUBSAMPLE_SUMMARY, "counts and class names JSON to write"),
+    })  # fmt: skip
+    subsample.set_defaults(handler=_subsample)
+
+    validate = stage("validate", help="Great Expectations data-quality gate; clean arrays and quarantine")
+    _add_paths(validate, {
+        "--table": (paths.SUBSAMPLE_TABLE, "subsample table to validate"),
+        "--subsample-summary": (paths.SUBSAMPLE_SUMMARY, "subsample summary (class names)"),
+        "--out": (paths.CLEAN_ARRAYS, "clean arrays to write"),
+        "--quarantine": (paths.QUARANTINE, "quarantined rows with reasons"),
+        "--report": (paths.VALIDATION_REPORT, "Great Expectations result JSON"),
+        "--summary": (paths.VALIDATION_SUMMARY, "human-readable summary"),
+        "--metrics": (paths.VALIDATION_METRICS, "validation metrics JSON"),
+    })  # fmt: skip
+    validate.set_defaults(handler=_validate)
+
+    augment = stage("augment", help="class balancing by augmented oversampling; preview plots")
+    _add_paths(augment, {
+        "--clean": (paths.CLEAN_ARRAYS, "clean arrays to read"),
+        "--out": (paths.TRAIN_ARRAYS, "training arrays to write"),
+        "--summary": (paths.AUGMENT_SUMMARY, "counts JSON to write"),
+        "--preview": (paths.AUGMENT_PREVIEW, "preview grid PNG"),
+        "--class-counts": (paths.AUGMENT_CLASS_COUNTS, "class-count bars PNG"),
+    })  # fmt: skip
+    augment.set_defaults(handler=_augment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+        args.handler(args, params)
+    except FerflowError as exc:
+        print(f"ferflow {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"ferflow {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0

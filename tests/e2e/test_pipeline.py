@@ -1,0 +1,133 @@
+"""End to end: the real `dvc repro` in a temporary copy of the repository, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+STAGES = ["download", "subsample", "validate", "augment"]
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+def edit_params(repo: Path, **sections) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in sections.items():
+        *parents, leaf = dotted.split("__")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git + DVC checkout of the pipeline files, set to tiny sizes."""
+    copy = tmp_path / "repo"
+    for name in PIPELINE_FILES:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, copy / name)
+    run(["git", "init", "-q"], copy)
+    edit_params(copy, data__synthetic__n_images=700, subsample__fraction=0.5)
+    return copy
+
+
+def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
+    first = run(["dvc", "repro"], repo)
+    assert stages_run(first.stdout) == STAGES
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(STAGES)
+    metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
+    assert metrics["passed"] and sum(metrics["split_sizes"].values()) == metrics["rows"] == 350  # half of 560 + 70 + 70
+    assert (repo / "data/processed/train.npz").stat().st_size > 10_000
+    assert (repo / "reports/augment/preview.png").is_file()
+
+    second = run(["dvc", "repro"], repo)
+    assert stages_run(second.stdout) == []
+    assert "Data and pipelines are up to date" in second.stdout
+
+    edit_params(repo, augment__oversample__target_ratio=0.8)
+    assert "augment" in run(["dvc", "status"], repo).stdout
+    third = run(["dvc", "repro"], repo)
+    assert stages_run(third.stdout) == ["augment"]
+    assert json.loads((repo / "reports/augment/summary.json").read_text())["target_ratio"] == 0.8
+
+
+def test_bad_param_fails_before_work_and_names_the_key(repo):
+    edit_params(repo, subsample__fraction=1.5)
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "subsample.fraction: Input should be less than or equal to 1" in result.stderr + result.stdout
+    assert not (repo / "data/interim/subsample.csv").exists()
+
+
+def test_validation_failure_stops_the_pipeline(repo, tmp_path, synthetic_table):
+    bad = synthetic_table.copy()
+    bad.loc[:40, "emotion"] = "9"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    edit_params(repo, data__source=str(tmp_path / "bad.csv"), subsample__fraction=1.0)
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "validation failed" in result.stderr and "validate.max_bad_fraction" in result.stderr
+    assert not (repo / "data/processed/clean.npz").exists()
+    assert not (repo / "data/processed/train.npz").exists()
+    assert "validate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+@pytest.mark.real_data
+def test_repro_on_the_real_sample(repo, real_sample):
+    edit_params(repo, data__source=str(real_sample), subsample__fraction=0.1)
+    run(["dvc", "repro"], repo)
+    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
+    # The sample's README says 5,742 Training rows; its per-class counts (and the file) add up to 5,741.
+    assert manifest["by_usage"] == {"PublicTest": 3589, "Training": 5741}
+    metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
+    assert metrics["passed"]
+    assert "carved from Training" in metrics["split_provenance"]["test"]
+    assert metrics["split_sizes"]["val"] == pytest.approx(359, abs=8)  # 10 % of PublicTest, minus quarantine
+
+
+@pytest.mark.real_data
+def test_repro_on_a_zip_of_image_folders_made_from_the_real_sample(repo, real_sample, tmp_path):
+    table = pd.read_csv(real_sample).groupby(["Usage", "emotion"]).head(25)
+    archive = tmp_path / "fer_images.zip"
+    folder = {"Training": "train", "PublicTest": "test"}
+    names = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, row in enumerate(table.itertuples()):
+            image = Image.fromarray(pd.Series(row.pixels.split()).astype("uint8").to_numpy().reshape(48, 48))
+            path = tmp_path / "face.png"
+            image.save(path)
+            zf.write(path, f"{folder[row.Usage]}/{names[row.emotion]}/{i}.png")
+    edit_params(repo, data__source=str(archive), subsample__fraction=1.0)
+    run(["dvc", "repro"], repo)
+    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
+    assert manifest["kind"] == "image_zip" and manifest["rows"] == len(table)
+    metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
+    assert metrics["passed"] and "carved from Training" in metrics["split_provenance"]["val"]
