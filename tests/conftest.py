@@ -51,6 +51,15 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.get_count += 1  # type: ignore[attr-defined]
+        if self.path.startswith("/broken/"):
+            # A connection that dies mid-transfer: promises 100 kB, sends 1 kB, hangs up.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"emotion,pixels,Usage\n" + b"0" * 1000)
+            self.wfile.flush()
+            self.close_connection = True
+            return
         super().do_GET()
 
 
@@ -70,7 +79,10 @@ class LocalServer:
 
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[LocalServer]:
-    """A real HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; it counts GET requests."""
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; it counts GET requests.
+
+    Paths under ``/broken/`` answer with a transfer that breaks off part-way.
+    """
     root = tmp_path / "www"
     root.mkdir()
     handler = functools.partial(_CountingHandler, directory=str(root))

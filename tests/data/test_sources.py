@@ -130,6 +130,8 @@ def test_url_errors_leave_nothing_behind(tmp_path, http_server, synthetic_table)
         run_download(tmp_path, source=http_server.url("missing.csv.gz"))
     with pytest.raises(DataError, match="download failed"):
         run_download(tmp_path, source="http://127.0.0.1:9/fer2013.csv")  # nothing listens on port 9
+    with pytest.raises(DataError, match=r"download (interrupted after|incomplete: got) \d+"):
+        run_download(tmp_path, source=http_server.url("broken/fer2013.csv"))
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "cache").iterdir()) == []
 
