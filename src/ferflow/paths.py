@@ -22,4 +22,3 @@ TRAIN_ARRAYS = Path("data/processed/train.npz")
 AUGMENT_SUMMARY = Path("reports/augment/summary.json")
 AUGMENT_PREVIEW = Path("reports/augment/preview.png")
 AUGMENT_CLASS_COUNTS = Path("reports/augment/class_counts.png")
-

@@ -1,0 +1,93 @@
+"""Every architecture builds, trains a step on tiny input, saves and loads; weights come only from local files."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from ferflow.errors import ParamsError
+from ferflow.models.architectures import ARCHITECTURES, ModelSpec, build_model, check_weights
+from ferflow.models.losses import class_weights, make_loss
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_builds_and_trains_one_step(architecture):
+    model = build_model(ModelSpec(architecture=architecture, n_classes=4))
+    x = np.random.default_rng(0).random((4, 48, 48, 1), dtype=np.float32)
+    y = keras.utils.to_categorical([0, 1, 2, 3], 4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss())
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    probabilities = model.predict(x, verbose=0)
+    assert probabilities.shape == (4, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_mini_xception_is_about_60k_parameters():
+    assert 50_000 < build_model(ModelSpec(architecture="mini_xception")).count_params() < 70_000
+
+
+def test_vgg_width_and_depth_are_configurable():
+    small = build_model(ModelSpec(architecture="vgg", width=16, depth=2))
+    large = build_model(ModelSpec(architecture="vgg", width=32, depth=4))
+    assert small.count_params() < large.count_params()
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in large.layers) == 4
+
+
+def test_transfer_model_round_trips_through_a_keras_file_in_safe_mode(tmp_path):
+    model = build_model(ModelSpec(architecture="mobilenet_v2", n_classes=3))
+    x = np.random.default_rng(1).random((2, 48, 48, 1), dtype=np.float32)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg")
+    path = tmp_path / "mobilenet_v2_notop.weights.h5"
+    backbone.save_weights(path)
+    model = build_model(ModelSpec(architecture="mobilenet_v2", weights=str(path)))
+    loaded = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for expected, actual in zip(backbone.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_weights_file_problems_are_caught_before_building(tmp_path):
+    with pytest.raises(ParamsError, match=r"model.weights: file .*missing.h5 does not exist"):
+        check_weights(ModelSpec(architecture="resnet50", weights=str(tmp_path / "missing.h5")))
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(ParamsError, match="not a Keras weights file"):
+        check_weights(ModelSpec(architecture="resnet50", weights=str(tmp_path / "w.txt")))
+    with pytest.raises(ParamsError, match="transfer backbones only"):
+        check_weights(ModelSpec(architecture="simple_cnn", weights=str(tmp_path / "w.txt")))
+    with pytest.raises(ParamsError, match="unknown architecture 'resnet18'"):
+        build_model(ModelSpec(architecture="resnet18"))
+
+
+def test_losses_match_hand_computed_values():
+    y_true = np.array([[0.0, 1.0, 0.0]])
+    y_pred = np.array([[0.2, 0.7, 0.1]])
+    ce = -np.log(0.7)
+    assert float(make_loss()(y_true, y_pred)) == pytest.approx(ce, rel=1e-5)
+    smoothed = np.array([0.1 / 3, 0.9 + 0.1 / 3, 0.1 / 3])
+    expected = -(smoothed * np.log([0.2, 0.7, 0.1])).sum()
+    assert float(make_loss(label_smoothing=0.1)(y_true, y_pred)) == pytest.approx(expected, rel=1e-5)
+    # Focal: alpha * (1 - p_t)^gamma * CE = 0.25 * 0.3^2 * -ln 0.7
+    assert float(make_loss("focal", focal_gamma=2.0, focal_alpha=0.25)(y_true, y_pred)) == pytest.approx(
+        0.25 * 0.09 * ce, rel=1e-4
+    )
+    with pytest.raises(ParamsError, match="unknown loss 'hinge'"):
+        make_loss("hinge")
+
+
+def test_class_weights_are_balanced():
+    weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), n_classes=4)
+    assert weights == pytest.approx({0: 6 / (4 * 3), 1: 6 / (4 * 1), 2: 6 / (4 * 2), 3: 0.0})
