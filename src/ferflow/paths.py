@@ -22,3 +22,22 @@ TRAIN_ARRAYS = Path("data/processed/train.npz")
 AUGMENT_SUMMARY = Path("reports/augment/summary.json")
 AUGMENT_PREVIEW = Path("reports/augment/preview.png")
 AUGMENT_CLASS_COUNTS = Path("reports/augment/class_counts.png")
+
+MLFLOW_DB = Path("mlflow.db")
+MLFLOW_ARTIFACTS = Path("mlruns")
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The project's root: the nearest folder at or above ``start`` holding ``dvc.yaml``.
+
+    ``dvc exp run --temp`` and queued experiments run in a copy under ``<root>/.dvc/tmp/exps/``; that copy
+    has its own ``dvc.yaml``, but results belong to the real project, so a copy inside ``.dvc`` resolves to
+    the folder that holds that ``.dvc``.
+    """
+    start = (start or Path.cwd()).resolve()
+    if ".dvc" in start.parts:
+        return Path(*start.parts[: start.parts.index(".dvc")])
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start

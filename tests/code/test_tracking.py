@@ -1,0 +1,67 @@
+"""MLflow bookkeeping against a real sqlite store in a temporary repository."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from ferflow.paths import find_repo_root
+from ferflow.tracking import flatten, tracked_run, tracking_uri
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def test_store_and_artifacts_resolve_from_the_repo_root(repo, monkeypatch):
+    assert tracking_uri(repo) == f"sqlite:///{repo / 'mlflow.db'}"
+    with tracked_run(repo, "ferflow-test", "first", tags={"k": "v"}) as run:
+        mlflow.log_param("a", 1)
+        mlflow.log_metric("loss", 0.5, step=0)
+        mlflow.log_dict({"x": 1}, "facts.json")
+    client = mlflow.MlflowClient(tracking_uri(repo))
+    stored = client.get_run(run.info.run_id)
+    assert stored.info.status == "FINISHED"
+    assert stored.data.params == {"a": "1"} and stored.data.tags["k"] == "v"
+    assert (repo / "mlflow.db").is_file()
+    assert list((repo / "mlruns").rglob("facts.json"))  # artifacts under <repo>/mlruns, not the cwd
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'other.db'}")
+    assert tracking_uri(repo).endswith("other.db")
+
+
+def test_a_failing_run_is_marked_failed_not_left_running(repo):
+    with pytest.raises(ValueError, match="boom"), tracked_run(repo, "ferflow-test", "broken") as run:
+        raise ValueError("boom")
+    status = mlflow.MlflowClient(tracking_uri(repo)).get_run(run.info.run_id).info.status
+    assert status == "FAILED"
+
+
+def test_dvc_temporary_experiments_log_to_the_real_repository(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    assert find_repo_root(copy) == tmp_path
+    assert find_repo_root(tmp_path / "src") == tmp_path
+
+
+def test_flatten_nested_params():
+    assert flatten({"train": {"lr": 0.001, "opt": {"name": "adam"}}, "seed": 1}) == {
+        "train.lr": "0.001", "train.opt.name": "adam", "seed": "1",
+    }  # fmt: skip
+
+
+def test_runtime_tags_name_the_backend_device_and_commit(tmp_path):
+    import keras
+
+    from ferflow.tracking import runtime_tags
+
+    tags = runtime_tags(tmp_path)  # not a git repository: the commit is "unknown", not an error
+    assert tags["ferflow.git_commit"] == "unknown"
+    assert tags["ferflow.keras_backend"] == keras.backend.backend()
+    assert tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.device_name"]
