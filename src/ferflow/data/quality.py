@@ -46,8 +46,9 @@ class QualityReport:
 
 def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
     """Per-row facts that turn image-level checks into column checks GX can run."""
-    counts, integers, lows, highs, spreads = [], [], [], [], []
-    for text in table["pixels"]:
+    counts, integers, lows, highs, spreads, duplicate_of = [], [], [], [], [], []
+    first_row_of_image: dict[str, int] = {}
+    for index, text in zip(table.index, table["pixels"], strict=True):
         tokens = text.split() if isinstance(text, str) else []
         counts.append(len(tokens))
         is_integer = bool(tokens) and all(_INTEGER_TOKEN.match(token) for token in tokens)
@@ -61,10 +62,11 @@ def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
             lows.append(np.nan)
             highs.append(np.nan)
             spreads.append(np.nan)
-    pixels = table["pixels"].fillna("").str.split().str.join(" ")
-    digests = pixels.map(lambda s: hashlib.blake2b(s.encode(), digest_size=16).hexdigest())
-    first_seen = digests.groupby(digests).transform(lambda group: group.index[0])
-    is_duplicate = (first_seen != digests.index) & (pixels != "")
+        # Same tokens = same image, whatever the whitespace; an empty row is nobody's duplicate.
+        digest = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).hexdigest() if tokens else None
+        first = first_row_of_image.setdefault(digest, index) if digest else index
+        duplicate_of.append(first if first != index else np.nan)
+    is_duplicate = ~pd.isna(np.array(duplicate_of, dtype=float))
     return pd.DataFrame(
         {
             "emotion": table["emotion"].astype("string").str.strip().astype(object),
@@ -75,8 +77,8 @@ def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
             "pixel_min": lows,
             "pixel_max": highs,
             "pixel_std": spreads,
-            "is_duplicate": is_duplicate.to_numpy(),
-            "duplicate_of": first_seen.where(is_duplicate).to_numpy(),
+            "is_duplicate": is_duplicate,
+            "duplicate_of": duplicate_of,
         },
         index=table.index,
     )

@@ -23,18 +23,16 @@ from ferflow.io import write_json
 from ferflow.params import SubsampleParams
 from ferflow.schema import EMOTIONS
 
-_VALID_RAW_LABELS = {str(i): i for i in range(len(EMOTIONS))}
+_VALID_RAW_LABELS = [str(i) for i in range(len(EMOTIONS))]
 
 
 def filter_classes(table: pd.DataFrame, class_names: tuple[str, ...]) -> pd.DataFrame:
     """Keep ``class_names`` and relabel them 0..k-1; rows with labels outside 0..6 are kept as they are."""
     new_label = {str(EMOTIONS.index(name)): str(i) for i, name in enumerate(class_names)}
-    raw = table["emotion"].astype("string").str.strip()
-    is_valid_label = raw.isin(list(_VALID_RAW_LABELS))
-    keep = ~is_valid_label | raw.isin(list(new_label))
+    raw = table["emotion"].map(lambda value: value.strip() if isinstance(value, str) else value)
+    keep = ~raw.isin(_VALID_RAW_LABELS) | raw.isin(list(new_label))
     result = table.loc[keep].copy()
-    result["emotion"] = raw[keep].map(lambda value: new_label.get(value, value)).astype(object)
-    result.loc[result["emotion"].isna(), "emotion"] = np.nan
+    result["emotion"] = raw[keep].map(lambda value: new_label.get(value, value))
     return result
 
 
