@@ -4,12 +4,14 @@ once, and calls the stage's ``run``; errors meant for people are printed without
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ferflow import __version__, paths
-from ferflow.errors import FerflowError
+from ferflow.errors import FerflowError, Terminated
 from ferflow.params import Params, load_params
 
 
@@ -38,6 +40,30 @@ def _augment(args: argparse.Namespace, params: Params) -> None:
     from ferflow.stages import augment
 
     augment.run(params.augment, args.clean, args.out, args.summary, args.preview, args.class_counts)
+
+
+def _train(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import train
+
+    train.run(
+        params, args.train_arrays, args.clean, args.model, args.history, args.run_info, args.curves,
+        args.checkpoints, paths.find_repo_root(),
+    )  # fmt: skip
+
+
+def _evaluate(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import evaluate
+
+    evaluate.run(
+        params.evaluate, args.model, args.clean, args.run_info, args.metrics, args.confusion_records,
+        args.confusion, args.report, args.plots, paths.find_repo_root(),
+    )  # fmt: skip
+
+
+def _cv(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import cv
+
+    cv.run(params, args.train_arrays, args.clean, args.metrics, paths.find_repo_root())
 
 
 def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
@@ -93,11 +119,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-counts": (paths.AUGMENT_CLASS_COUNTS, "class-count bars PNG"),
     })  # fmt: skip
     augment.set_defaults(handler=_augment)
+
+    train = stage("train", help="train the model from params, tracked in MLflow; resumes after a kill")
+    _add_paths(train, {
+        "--train-arrays": (paths.TRAIN_ARRAYS, "training arrays to read"),
+        "--clean": (paths.CLEAN_ARRAYS, "clean arrays (validation split) to read"),
+        "--model": (paths.MODEL, "trained model to write (.keras)"),
+        "--history": (paths.TRAIN_HISTORY, "per-epoch history JSON"),
+        "--run-info": (paths.TRAIN_RUN, "MLflow run id and training facts JSON"),
+        "--curves": (paths.TRAIN_CURVES, "training curves PNG"),
+        "--checkpoints": (paths.TRAIN_CHECKPOINTS, "resumable state while training runs"),
+    })  # fmt: skip
+    train.set_defaults(handler=_train)
+
+    evaluate = stage("evaluate", help="score the model on the test split; logs into the training's MLflow run")
+    _add_paths(evaluate, {
+        "--model": (paths.MODEL, "trained model to read"),
+        "--clean": (paths.CLEAN_ARRAYS, "clean arrays (test split) to read"),
+        "--run-info": (paths.TRAIN_RUN, "the training's run JSON"),
+        "--metrics": (paths.EVALUATE_METRICS, "test metrics JSON"),
+        "--confusion-records": (paths.EVALUATE_CONFUSION_RECORDS, "records for DVC's confusion template"),
+        "--confusion": (paths.EVALUATE_CONFUSION, "confusion matrices JSON"),
+        "--report": (paths.EVALUATE_REPORT, "classification report text"),
+        "--plots": (paths.EVALUATE_PLOTS, "folder for confusion matrix and sample-face PNGs"),
+    })  # fmt: skip
+    evaluate.set_defaults(handler=_evaluate)
+
+    cv = stage("cv", help="stratified K-fold cross-validation of the training recipe, tracked in MLflow")
+    _add_paths(cv, {
+        "--train-arrays": (paths.TRAIN_ARRAYS, "training arrays to read"),
+        "--clean": (paths.CLEAN_ARRAYS, "clean arrays (test split for the ensemble) to read"),
+        "--metrics": (paths.CV_METRICS, "per-fold and summary metrics JSON"),
+    })  # fmt: skip
+    cv.set_defaults(handler=_cv)
     return parser
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         params = load_params(args.params)
         args.handler(args, params)
@@ -107,4 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ferflow {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"ferflow {args.command}: terminated (SIGTERM); no partial output was kept", file=sys.stderr)
+        return 143
     return 0

@@ -19,3 +19,8 @@ class DataError(FerflowError):
 
 class ValidationFailed(FerflowError):
     """The data quality gate failed: too many bad rows or a dataset-level expectation failed."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler or ``kill``): unwinds like Ctrl-C so that runs and files are closed
+    properly. A BaseException, so that ``except Exception`` blocks do not swallow it."""

@@ -85,3 +85,14 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha256 of the arrays' contents (dtype, shape and bytes), stable across files that hold them: ``.npz``
+    archives carry timestamps, so equal data can have unequal file hashes."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes() if array.dtype.kind != "U" else "\x1f".join(array.ravel()).encode())
+    return digest.hexdigest()[:16]

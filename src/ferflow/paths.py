@@ -23,6 +23,20 @@ AUGMENT_SUMMARY = Path("reports/augment/summary.json")
 AUGMENT_PREVIEW = Path("reports/augment/preview.png")
 AUGMENT_CLASS_COUNTS = Path("reports/augment/class_counts.png")
 
+MODEL = Path("models/model.keras")
+TRAIN_HISTORY = Path("reports/train/history.json")
+TRAIN_RUN = Path("reports/train/run.json")
+TRAIN_CURVES = Path("reports/train/training_curves.png")
+TRAIN_CHECKPOINTS = Path("models/.checkpoints")
+
+EVALUATE_METRICS = Path("reports/evaluate/metrics.json")
+EVALUATE_CONFUSION_RECORDS = Path("reports/evaluate/confusion_records.json")
+EVALUATE_CONFUSION = Path("reports/evaluate/confusion_matrix.json")
+EVALUATE_REPORT = Path("reports/evaluate/classification_report.txt")
+EVALUATE_PLOTS = Path("reports/evaluate/plots")
+
+CV_METRICS = Path("reports/cv/metrics.json")
+
 MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlruns")
 

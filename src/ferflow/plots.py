@@ -52,3 +52,57 @@ def class_count_bars(class_names: Sequence[str], series: dict[str, Sequence[int]
     ax.legend()
     figure.tight_layout()
     return figure
+
+
+def training_curves(
+    history: Sequence[dict[str, float]], metrics: Sequence[str] = ("loss", "accuracy", "f1_macro")
+) -> Figure:
+    """Train (solid) and validation (dashed) curves per epoch, one panel per metric."""
+    figure = Figure(figsize=(3.4 * len(metrics), 3.2))
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    epochs = [row["epoch"] + 1 for row in history]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for key, style, label in ((metric, "-", "train"), (f"val_{metric}", "--", "validation")):
+            if history and key in history[0]:
+                ax.plot(epochs, [row[key] for row in history], style, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], title: str, normalised: bool) -> Figure:
+    """A confusion matrix with true classes as rows and predicted classes as columns, each cell annotated."""
+    size = 1.0 + 0.75 * len(class_names)
+    figure = Figure(figsize=(size + 1.2, size))
+    ax = figure.subplots()
+    shown = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalised else max(int(matrix.max()), 1))
+    figure.colorbar(shown, ax=ax, fraction=0.046)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=35, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = (1 if normalised else matrix.max()) / 2
+    for (i, j), value in np.ndenumerate(matrix):
+        text = f"{value:.2f}" if normalised else str(int(value))
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if value > threshold else "black")
+    figure.tight_layout()
+    return figure
+
+
+def labelled_faces(images: Sequence[np.ndarray], captions: Sequence[str], title: str, columns: int = 8) -> Figure:
+    """Faces in a grid, each captioned (e.g. "true happy / pred sad 0.81")."""
+    rows = max(1, -(-len(images) // columns))
+    figure = Figure(figsize=(1.45 * columns, 1.65 * rows + 0.4))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if k < len(images):
+            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[k], fontsize=6.5)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -13,9 +13,15 @@ import platform
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ferflow import paths
+from ferflow.io import array_digest
+
+if TYPE_CHECKING:
+    from ferflow.params import Params
 
 
 def tracking_uri(repo_root: Path) -> str:
@@ -106,24 +112,96 @@ def experiment_id(client, name: str, repo_root: Path) -> str:
     return client.create_experiment(name, artifact_location=artifact_location(repo_root))
 
 
+def data_tags(train: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> dict[str, str]:
+    """Tags that say which data a model saw and which test split it is judged on (for fair comparisons)."""
+    is_test = clean["splits"] == "test"
+    return {
+        "ferflow.data_hash": array_digest(clean["images"], clean["labels"], clean["splits"]),
+        "ferflow.train_data_hash": array_digest(train["images"], train["labels"]),
+        "ferflow.test_hash": array_digest(clean["images"][is_test], clean["labels"][is_test]),
+        "ferflow.classes": ",".join(str(name) for name in clean["class_names"]),
+    }
+
+
+def training_params(params: Params) -> dict[str, Any]:
+    """The params sections that shape a trained model (logged on its run); evaluation and cv settings are
+    logged by their own stages."""
+    dumped = params.model_dump(by_alias=True)
+    return {key: value for key, value in dumped.items() if key not in {"evaluate", "cv"}}
+
+
 @contextlib.contextmanager
 def tracked_run(
-    repo_root: Path, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-    parent_run_id: str | None = None,
+    repo_root: Path, experiment: str | None = None, run_name: str | None = None,
+    tags: Mapping[str, str] | None = None, parent_run_id: str | None = None, run_id: str | None = None,
 ) -> Iterator[Any]:  # fmt: skip
-    """A started MLflow run that ends FINISHED, or FAILED (never left RUNNING) if the block raises."""
+    """A started MLflow run that ends FINISHED, or FAILED (never left RUNNING) if the block raises.
+
+    ``run_id`` reopens an existing run (evaluation logging into its training run, a resumed training);
+    otherwise a new run of ``experiment`` starts, nested under ``parent_run_id`` if given.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(repo_root))
-    client = mlflow.MlflowClient()
-    exp_id = experiment_id(client, experiment, repo_root)
-    run = mlflow.start_run(
-        experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
-        parent_run_id=parent_run_id,
-    )  # fmt: skip
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
+    else:
+        exp_id = experiment_id(mlflow.MlflowClient(), experiment or "Default", repo_root)
+        run = mlflow.start_run(
+            experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
+            parent_run_id=parent_run_id,
+        )  # fmt: skip
     try:
         yield run
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def log_keras_model(model, input_example, pip_requirements: list[str]) -> Any:
+    """Log ``model`` as the run's MLflow model (Keras flavour), with its signature and an input example.
+
+    ``mlflow.keras.log_model(..., input_example=...)`` in MLflow 3.x writes the example before it creates
+    the model folder and fails with FileNotFoundError; the same save behind a flavour shim that creates the
+    folder first logs the identical model (a LoggedModel with the keras and python_function flavours).
+    """
+    import types
+
+    import mlflow
+    from mlflow.models import Model
+
+    def save_model(path: str, **kwargs: Any) -> Any:
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+    import keras
+
+    flavor = types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=save_model)
+    signature = mlflow.models.infer_signature(input_example, model.predict(input_example, verbose=0))
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()  # MLflow's own check of the example would draw progress bars
+    try:
+        return Model.log(
+            artifact_path=None, name="model", flavor=flavor, model=model, signature=signature,
+            input_example=input_example, pip_requirements=pip_requirements,
+        )  # fmt: skip
+    finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
+
+
+def epoch_logger(prefix: str = ""):
+    """A Keras callback logging every epoch's losses and metrics, and the learning rate, as MLflow step metrics
+    of the active run (``prefix`` names them apart, e.g. per fold)."""
+    import keras
+    import mlflow
+    import numpy as np
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            metrics = {key: float(value) for key, value in (logs or {}).items() if np.isscalar(value)}
+            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            mlflow.log_metrics({f"{prefix}{key}": value for key, value in metrics.items()}, step=epoch)
+
+    return MlflowEpochLogger()

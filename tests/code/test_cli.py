@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ferflow.cli import main
+from ferflow.schema import EMOTIONS
 
 
 def test_bad_params_exit_2_and_name_the_key(tmp_path, capsys):
@@ -27,7 +29,7 @@ def test_data_error_exits_1_without_traceback(tmp_path, capsys):
 
 def test_entry_point_help_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "ferflow", "--help"], capture_output=True, text=True, check=True)
-    for stage in ("download", "subsample", "validate", "augment"):
+    for stage in ("download", "subsample", "validate", "augment", "train", "evaluate", "cv"):
         assert stage in result.stdout
 
 
@@ -35,3 +37,35 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         main(["trian"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("params_text", "message"),
+    [
+        ("model:\n  architecture: resnet9000\n", "model.architecture: Input should be 'simple_cnn', 'vgg'"),
+        ("train:\n  learning_rate: -0.01\n", "train.learning_rate: Input should be greater than 0"),
+        ("cv:\n  folds: 1\n", "cv.folds: Input should be greater than or equal to 2"),
+    ],
+)
+def test_bad_training_params_fail_before_training(tmp_path, capsys, monkeypatch, params_text, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(params_text)
+    assert main(["--params", "params.yaml", "train"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()
+
+
+def test_missing_weights_file_fails_before_training(tmp_path, capsys, monkeypatch, synthetic_arrays):
+    from ferflow.io import write_npz
+
+    monkeypatch.chdir(tmp_path)
+    images, labels, usages = synthetic_arrays
+    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
+    write_npz(tmp_path / "clean.npz", images=images, labels=labels, splits=splits, class_names=np.array(EMOTIONS))
+    write_npz(tmp_path / "train.npz", images=images, labels=labels, class_names=np.array(EMOTIONS))
+    (tmp_path / "params.yaml").write_text("model:\n  architecture: resnet50\n  weights: missing/resnet50.h5\n")
+    code = main(["--params", "params.yaml", "train", "--train-arrays", "train.npz", "--clean", "clean.npz"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model.weights: file missing/resnet50.h5 does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()

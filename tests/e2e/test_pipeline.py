@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -20,11 +21,16 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
-STAGES = ["download", "subsample", "validate", "augment"]
+STAGES = ["download", "subsample", "validate", "augment", "train", "evaluate", "cv"]
+TINY_TRAINING = {
+    "model__architecture": "vgg", "model__width": 4, "model__depth": 2, "model__dense_units": 8,
+    "train__epochs": 2, "train__batch_size": 64, "cv__folds": 2,
+}  # fmt: skip
 
 
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # each temporary repository has its own store
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -54,7 +60,7 @@ def repo(tmp_path: Path) -> Path:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, copy / name)
     run(["git", "init", "-q"], copy)
-    edit_params(copy, data__synthetic__n_images=700, subsample__fraction=0.5)
+    edit_params(copy, data__synthetic__n_images=700, subsample__fraction=0.5, **TINY_TRAINING)
     return copy
 
 
@@ -67,15 +73,40 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
     assert metrics["passed"] and sum(metrics["split_sizes"].values()) == metrics["rows"] == 350  # half of 560 + 70 + 70
     assert (repo / "data/processed/train.npz").stat().st_size > 10_000
     assert (repo / "reports/augment/preview.png").is_file()
+    assert (repo / "models/model.keras").stat().st_size > 10_000
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    by_file = next(iter(shown.values()))["data"]
+    test_metrics = by_file["reports/evaluate/metrics.json"]["data"]
+    assert 0.0 <= test_metrics["accuracy"] <= 1.0 and test_metrics["test_rows"] == 35
+    cv_metrics = by_file["reports/cv/metrics.json"]["data"]
+    assert cv_metrics["folds"] == 2 and set(cv_metrics["per_fold"]) == {"fold1", "fold2"}
+    records = json.loads((repo / "reports/evaluate/confusion_records.json").read_text())
+    assert len(records) == 35
+
+    # Training and evaluation went to the repository's own MLflow store, into one run; cv into a parent run.
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ferflow").experiment_id])
+    by_stage = sorted(run.data.tags["ferflow.stage"] for run in runs)
+    assert by_stage == ["cv", "cv_fold", "cv_fold", "train"]
+    trained = next(run for run in runs if run.data.tags["ferflow.stage"] == "train")
+    run_info = json.loads((repo / "reports/train/run.json").read_text())
+    assert trained.info.run_id == run_info["run_id"] and trained.info.status == "FINISHED"
+    assert trained.data.metrics["test_accuracy"] == pytest.approx(test_metrics["accuracy"])
+    assert any(Path(p).is_dir() for p in (repo / "mlruns").iterdir())
 
     second = run(["dvc", "repro"], repo)
     assert stages_run(second.stdout) == []
     assert "Data and pipelines are up to date" in second.stdout
 
+    edit_params(repo, evaluate__tta__flip=True)
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate"]
+    assert "flip=True" in (repo / "reports/evaluate/classification_report.txt").read_text()
+
     edit_params(repo, augment__oversample__target_ratio=0.8)
     assert "augment" in run(["dvc", "status"], repo).stdout
-    third = run(["dvc", "repro"], repo)
-    assert stages_run(third.stdout) == ["augment"]
+    fourth = run(["dvc", "repro"], repo)
+    assert stages_run(fourth.stdout) == ["augment", "train", "evaluate", "cv"]
     assert json.loads((repo / "reports/augment/summary.json").read_text())["target_ratio"] == 0.8
 
 

@@ -1,0 +1,207 @@
+"""The training recipe shared by the ``train`` and ``cv`` stages: model from params, online augmentation,
+optimiser and schedule, loss, metrics and callbacks, then ``fit``.
+
+Written against ``keras.*`` and numpy only, so any Keras backend (TensorFlow, JAX, PyTorch) runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from ferflow.models.architectures import ModelSpec, build_model
+from ferflow.models.losses import class_weights, make_loss
+from ferflow.params import OnlineAugmentParams, Params, TrainParams
+
+EPOCH_METRICS = ("loss", "accuracy", "precision", "recall", "auc", "f1_macro")
+
+
+def model_spec(params: Params, n_classes: int) -> ModelSpec:
+    model = params.model
+    return ModelSpec(
+        architecture=model.architecture, n_classes=n_classes, width=model.width, depth=model.depth,
+        dropout=model.dropout, dense_units=model.dense_units,
+        weights=None if model.weights.lower() == "none" else model.weights,
+        transfer_input_size=model.transfer_input_size, freeze_backbone=model.freeze_backbone,
+    )  # fmt: skip
+
+
+def to_inputs(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1], the input every model takes."""
+    return (np.asarray(images, dtype=np.float32) / 255.0)[..., None]
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and backend seeds; on TensorFlow also deterministic kernels, so that the same params
+    and seed on the same machine give the same metrics."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def with_online_augmentation(base: keras.Model, settings: OnlineAugmentParams) -> keras.Model:
+    """``base`` behind Keras preprocessing layers; they act in training only, so the saved model predicts
+    on untouched images."""
+    if not settings.enabled:
+        return base
+    steps = []
+    if settings.horizontal_flip:
+        steps.append(layers.RandomFlip("horizontal", name="flip"))
+    if settings.rotation_deg:
+        steps.append(layers.RandomRotation(settings.rotation_deg / 360.0, fill_mode="nearest", name="rotate"))
+    if settings.width_shift or settings.height_shift:
+        steps.append(layers.RandomTranslation(settings.height_shift, settings.width_shift, fill_mode="nearest",
+                                              name="shift"))  # fmt: skip
+    if settings.zoom:
+        steps.append(layers.RandomZoom(settings.zoom, fill_mode="nearest", name="zoom"))
+    if not steps:
+        return base
+    inputs = keras.Input(base.input_shape[1:], name="image")
+    x = keras.Sequential(steps, name="online_augmentation")(inputs)
+    return keras.Model(inputs, base(x), name=base.name)
+
+
+def make_optimizer(settings: TrainParams) -> keras.optimizers.Optimizer:
+    if settings.optimizer == "adam":
+        return keras.optimizers.Adam(settings.learning_rate)
+    if settings.optimizer == "adamw":
+        return keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay)
+    return keras.optimizers.SGD(settings.learning_rate, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
+
+
+def cosine_with_warmup(settings: TrainParams):
+    """Epoch -> learning rate: linear warm-up over ``warmup_epochs``, then cosine decay to zero at ``epochs``."""
+
+    def learning_rate(epoch: int, _current: float = 0.0) -> float:
+        if epoch < settings.warmup_epochs:
+            return settings.learning_rate * (epoch + 1) / (settings.warmup_epochs + 1)
+        span = max(settings.epochs - settings.warmup_epochs, 1)
+        progress = (epoch - settings.warmup_epochs) / span
+        return 0.5 * settings.learning_rate * (1 + math.cos(math.pi * progress))
+
+    return learning_rate
+
+
+def compiled_model(params: Params, n_classes: int) -> keras.Model:
+    settings = params.train
+    model = with_online_augmentation(build_model(model_spec(params, n_classes)), params.augment.online)
+    model.compile(
+        optimizer=make_optimizer(settings),
+        loss=make_loss(settings.loss, settings.label_smoothing, settings.focal_gamma),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.F1Score(average="macro", name="f1_macro"),
+        ],
+    )
+    return model
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest ``val_loss`` in memory (and optionally on disk, so a
+    resumed run still knows its best epoch) and puts them back when training ends."""
+
+    def __init__(self, path: Path | None = None):
+        super().__init__()
+        self.path = path
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.best: list[np.ndarray] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.path is not None and self.path.with_suffix(".json").is_file():
+            import json
+
+            state = json.loads(self.path.with_suffix(".json").read_text())
+            self.best_loss, self.best_epoch = state["val_loss"], state["epoch"]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("val_loss", math.inf))
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, epoch
+            self.best = self.model.get_weights()
+            if self.path is not None:
+                import json
+
+                self.model.save_weights(str(self.path))
+                self.path.with_suffix(".json").write_text(json.dumps({"val_loss": loss, "epoch": epoch}))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best is not None:
+            self.model.set_weights(self.best)
+        elif self.path is not None and self.path.is_file():
+            self.model.load_weights(str(self.path))
+
+
+def schedule_callbacks(settings: TrainParams) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience),
+    ]
+    if settings.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=settings.plateau_factor, patience=settings.plateau_patience, min_lr=1e-6
+        ))  # fmt: skip
+    else:
+        callbacks.append(keras.callbacks.LearningRateScheduler(cosine_with_warmup(settings)))
+    return callbacks
+
+
+@dataclass
+class FitResult:
+    model: keras.Model
+    history: list[dict[str, float]]  # one row per epoch run in this call: {"epoch": i, "loss": ..., ...}
+    best_epoch: int
+    seconds: float
+
+
+def fit(
+    params: Params,
+    images: np.ndarray,
+    labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    n_classes: int,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    best_weights: Path | None = None,
+    model: keras.Model | None = None,
+    verbose: int | None = None,
+) -> FitResult:
+    """Train with the ``train`` recipe and return the model holding its best (lowest val_loss) weights."""
+    settings = params.train
+    model = model if model is not None else compiled_model(params, n_classes)
+    best = BestWeights(best_weights)
+    started = time.perf_counter()
+    fitted = model.fit(
+        to_inputs(images), one_hot(labels, n_classes),
+        validation_data=(to_inputs(val_images), one_hot(val_labels, n_classes)),
+        epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
+        class_weight=class_weights(labels, n_classes) if settings.class_weighting else None,
+        callbacks=[*schedule_callbacks(settings), *extra_callbacks, best],
+        # One line per epoch in a log file or CI; the live bar only on a terminal.
+        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+    )  # fmt: skip
+    history = [
+        {"epoch": int(epoch), **{key: float(values[i]) for key, values in fitted.history.items()}}
+        for i, epoch in enumerate(fitted.epoch)
+    ]
+    return FitResult(model, history, best.best_epoch, time.perf_counter() - started)
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.asarray(model.predict(to_inputs(images), batch_size=batch_size, verbose=0), dtype=np.float64)

@@ -1,0 +1,127 @@
+"""Stage ``evaluate``: score the trained model on the test split and log it into the training's MLflow run.
+
+Optional test-time augmentation (``evaluate.tta``) averages the probabilities of the image, its mirror and
+crops. Writes the DVC metric file, confusion records for DVC's ``confusion`` plot template, confusion matrix
+images (counts and row-normalised), grids of correctly and wrongly classified faces and a classification
+report; the same files and the test metrics go to the training's MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferflow import tracking
+from ferflow.errors import DataError
+from ferflow.io import atomic_open, read_json, read_npz, write_json
+from ferflow.models.evaluation import classification_metrics, confusion, flat_metrics, predict_with_tta
+from ferflow.params import EvaluateParams
+from ferflow.plots import confusion_heatmap, labelled_faces, save_figure
+
+
+def _sample_grids(images, labels, proba, class_names, per_grid: int, rng) -> dict[str, Any]:
+    predicted = proba.argmax(axis=1)
+    grids = {}
+    for name, chosen in (("correct", predicted == labels), ("incorrect", predicted != labels)):
+        rows = np.flatnonzero(chosen)
+        picks = np.sort(rng.choice(rows, size=min(per_grid, len(rows)), replace=False)) if len(rows) else rows
+        captions = [
+            f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} {proba[i, predicted[i]]:.2f}"
+            for i in picks
+        ]
+        title = f"{name}ly classified test faces ({len(picks)} of {len(rows)})"
+        grids[name] = labelled_faces([images[i] for i in picks], captions, title)
+    return grids
+
+
+def _report_text(scores: dict[str, Any], tta: str) -> str:
+    lines = [f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, row in scores["per_class"].items():
+        lines.append(
+            f"{name:<12}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>10d}"
+        )
+    support = sum(row["support"] for row in scores["per_class"].values())
+    lines += [
+        "",
+        f"{'accuracy':<12}{scores['accuracy']:>30.3f}{support:>10d}",
+        f"{'macro F1':<12}{scores['f1_macro']:>30.3f}",
+        f"{'weighted F1':<12}{scores['f1_weighted']:>30.3f}",
+        f"{'AUC (ovr)':<12}{scores['auc']:>30.3f}",
+        f"{'log loss':<12}{scores['loss']:>30.3f}",
+        f"test-time augmentation: {tta}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    params: EvaluateParams,
+    model_path: Path,
+    clean_arrays: Path,
+    run_info: Path,
+    metrics_out: Path,
+    confusion_records_out: Path,
+    confusion_out: Path,
+    report_out: Path,
+    plots_dir: Path,
+    repo_root: Path,
+) -> dict[str, Any]:
+    import keras
+    import mlflow
+
+    facts = read_json(run_info)
+    clean = read_npz(clean_arrays)
+    class_names = [str(name) for name in clean["class_names"]]
+    if class_names != facts["class_names"]:
+        raise DataError(f"{model_path} was trained on classes {facts['class_names']}, but {clean_arrays} has "
+                        f"{class_names}; rerun the train stage")  # fmt: skip
+    is_test = clean["splits"] == "test"
+    if not is_test.any():
+        raise DataError(f"{clean_arrays}: no test rows (split 'test'); rerun the validate stage")
+    images, labels = clean["images"][is_test], clean["labels"][is_test]
+
+    model = keras.models.load_model(model_path)
+    tta = params.tta
+    proba = predict_with_tta(model, images, tta.flip, tta.crops, tta.crop_fraction)
+    scores = classification_metrics(labels, proba, class_names)
+    predicted = proba.argmax(axis=1)
+    counts, normalised = confusion(labels, predicted, len(class_names))
+    tta_text = "none" if not (tta.flip or tta.crops) else f"flip={tta.flip}, crops={tta.crops} at {tta.crop_fraction}"
+
+    metrics = {**{key: value for key, value in scores.items() if key != "per_class"},
+               "f1_per_class": {name: row["f1"] for name, row in scores["per_class"].items()},
+               "test_rows": int(is_test.sum())}  # fmt: skip
+    records = [{"actual": class_names[t], "predicted": class_names[p]} for t, p in zip(labels, predicted, strict=True)]
+    matrices = {"class_names": class_names, "counts": counts.tolist(), "normalised": normalised.round(4).tolist()}
+    figures = {
+        "confusion_matrix.png": confusion_heatmap(counts, class_names, "test confusion matrix (counts)", False),
+        "confusion_matrix_normalised.png": confusion_heatmap(
+            normalised, class_names, "test confusion matrix (row-normalised: recall)", True
+        ),
+        **{f"samples_{name}.png": figure for name, figure in _sample_grids(
+            images, labels, proba, class_names, params.sample_faces, np.random.default_rng(params.seed)
+        ).items()},
+    }  # fmt: skip
+    report = _report_text(scores, tta_text)
+
+    with tracking.tracked_run(repo_root, run_id=facts["run_id"]):
+        mlflow.log_metrics(flat_metrics(scores, prefix="test_"))
+        mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.tta": tta_text,
+                         "ferflow.test_hash": facts["test_hash"]})  # fmt: skip
+        mlflow.log_dict(matrices, "evaluate/confusion_matrix.json")
+        mlflow.log_dict(scores["per_class"], "evaluate/per_class.json")
+        mlflow.log_text(report, "evaluate/classification_report.txt")
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"evaluate/{name}")
+
+    for name, figure in figures.items():
+        save_figure(figure, plots_dir / name)
+    write_json(confusion_records_out, records)
+    write_json(confusion_out, matrices)
+    with atomic_open(report_out) as handle:
+        handle.write(report)
+    write_json(metrics_out, metrics)
+    print(f"evaluate: test accuracy {scores['accuracy']:.3f}, macro-F1 {scores['f1_macro']:.3f} on "
+          f"{len(labels)} faces (TTA: {tta_text}); logged to MLflow run {facts['run_id']}")  # fmt: skip
+    return metrics

@@ -1,0 +1,169 @@
+"""Stage ``train``: fit the architecture from ``model`` params with the ``train`` recipe, tracked in MLflow.
+
+Reads the balanced training arrays (augment stage) and the validation split (validate stage). Online
+augmentation (``augment.online``) runs inside the model as Keras preprocessing layers, inactive at inference.
+
+A run killed part-way resumes from its last finished epoch when rerun, in the same MLflow run, instead of
+starting over: ``keras.callbacks.BackupAndRestore`` keeps the epoch, weights and optimiser state in the
+checkpoint folder, beside the run id, the best weights so far and the history. The folder is only reused
+when it was made by the same params on the same data (its fingerprint matches); it is removed on success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ferflow import tracking
+from ferflow.errors import DataError
+from ferflow.io import atomic_path, read_npz, write_json
+from ferflow.models.architectures import check_weights
+from ferflow.models.training import model_spec, to_inputs
+from ferflow.params import Params
+from ferflow.plots import save_figure, training_curves
+
+
+def _fingerprint(params: Params, data_tags: dict[str, str]) -> str:
+    recipe = {"model": params.model.model_dump(), "train": params.train.model_dump(),
+              "online": params.augment.online.model_dump(), "data": data_tags}  # fmt: skip
+    blob = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _Checkpoints:
+    """The resumable state of one training: Keras backup, best weights, history so far and the MLflow run id."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = folder
+        self.backup = folder / "backup"
+        self.best_weights = folder / "best.weights.h5"
+        self.history = folder / "history.jsonl"
+        self.run_id_file = folder / "mlflow_run_id"
+        stamp = folder / "fingerprint"
+        if folder.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
+            shutil.rmtree(folder)  # made by other params or data: it must not leak into this run
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+
+    def resumable_run_id(self) -> str | None:
+        if self.backup.exists() and self.run_id_file.is_file():
+            return self.run_id_file.read_text().strip() or None
+        return None
+
+    def previous_history(self) -> list[dict[str, float]]:
+        if not self.history.is_file():
+            return []
+        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+
+    def history_writer(self):
+        import keras
+
+        history_file = self.history
+
+        class HistoryWriter(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                row = {"epoch": epoch, **{key: float(value) for key, value in (logs or {}).items()},
+                       "epoch_seconds": time.perf_counter() - self.started}  # fmt: skip
+                with history_file.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+
+        return HistoryWriter()
+
+
+def run(
+    params: Params,
+    train_arrays: Path,
+    clean_arrays: Path,
+    model_out: Path,
+    history_out: Path,
+    run_info_out: Path,
+    curves_out: Path,
+    checkpoint_dir: Path,
+    repo_root: Path,
+) -> dict[str, Any]:
+    """Train, save the best model (lowest val_loss) and log the run; returns the run facts."""
+    train = read_npz(train_arrays)
+    clean = read_npz(clean_arrays)
+    class_names = [str(name) for name in train["class_names"]]
+    n_classes = len(class_names)
+    spec = model_spec(params, n_classes)
+    check_weights(spec)  # a missing weights file fails here, before any training or tracking
+    is_val = clean["splits"] == "val"
+    if not is_val.any():
+        raise DataError(f"{clean_arrays}: no validation rows (split 'val'); rerun the validate stage")
+
+    import keras
+    import mlflow
+
+    from ferflow.models.training import compiled_model, fit, seed_everything
+
+    data_tags = tracking.data_tags(train, clean)
+    checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(params, data_tags))
+    resumed_run = checkpoints.resumable_run_id()
+    seed_everything(params.train.seed)
+    model = compiled_model(params, n_classes)
+    tags = {
+        **tracking.runtime_tags(repo_root), **data_tags,
+        "ferflow.stage": "train", "ferflow.architecture": spec.architecture,
+    }  # fmt: skip
+    with tracking.tracked_run(repo_root, params.mlflow.experiment, f"train-{spec.architecture}", tags=tags,
+                              run_id=resumed_run) as active:  # fmt: skip
+        checkpoints.run_id_file.write_text(active.info.run_id)
+        if resumed_run is None:
+            mlflow.log_params(tracking.flatten(tracking.training_params(params)))
+            mlflow.log_params({"data.train_rows": len(train["labels"]), "data.val_rows": int(is_val.sum()),
+                               "model.parameters": model.count_params()})  # fmt: skip
+        else:
+            print(f"train: resuming MLflow run {resumed_run} from its last finished epoch")
+        fit(
+            params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
+            extra_callbacks=[keras.callbacks.BackupAndRestore(str(checkpoints.backup)),
+                             checkpoints.history_writer(), tracking.epoch_logger()],
+            best_weights=checkpoints.best_weights, model=model,
+        )  # fmt: skip
+        history = checkpoints.previous_history()
+        best = min(history, key=lambda row: row["val_loss"])
+        seconds = sum(row["epoch_seconds"] for row in history)  # across resumes too
+        summary = {
+            "best_epoch": best["epoch"],
+            "epochs_run": len(history),
+            "train_seconds": round(seconds, 2),
+            **{f"best_{key}": value for key, value in best.items() if key not in {"epoch", "epoch_seconds"}},
+        }
+        mlflow.log_metrics({key: float(value) for key, value in summary.items()})
+        figure = training_curves(history)
+        mlflow.log_figure(figure, "plots/training_curves.png")
+        mlflow.log_dict(history, "history.json")
+        model_info = tracking.log_keras_model(
+            model, to_inputs(clean["images"][is_val][:2]), pip_requirements=[f"keras=={keras.__version__}"]
+        )
+        with atomic_path(model_out) as tmp:
+            staged = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
+            model.save(staged)
+            staged.replace(tmp)
+        write_json(history_out, history)
+        save_figure(figure, curves_out)
+        facts = {
+            "run_id": active.info.run_id,
+            "experiment_id": active.info.experiment_id,
+            "model_uri": model_info.model_uri,
+            "architecture": spec.architecture,
+            "class_names": class_names,
+            "resumed": resumed_run is not None,
+            **summary,
+            **{key.removeprefix("ferflow."): value for key, value in tags.items()},
+        }
+        write_json(run_info_out, facts)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
+    print(
+        f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
+        f"{best.get('val_accuracy', float('nan')):.3f}) in {seconds:.0f} s; MLflow run {facts['run_id']} -> {model_out}"
+    )
+    return facts

@@ -1,0 +1,260 @@
+"""The train, evaluate and cv stages on tiny synthetic arrays, tracked in a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from ferflow.errors import ParamsError
+from ferflow.io import read_json, write_npz
+from ferflow.params import parse_params
+from ferflow.schema import EMOTIONS
+from ferflow.stages import cv, evaluate, train
+
+TINY = {
+    "model": {"architecture": "vgg", "width": 4, "depth": 2, "dense_units": 8},
+    "train": {"epochs": 2, "batch_size": 64},
+    "cv": {"folds": 2},
+}
+
+
+def tiny_params(**sections) -> dict:
+    merged = {key: dict(value) for key, value in TINY.items()}
+    for key, value in sections.items():
+        merged[key] = {**merged.get(key, {}), **value}
+    return merged
+
+
+@pytest.fixture
+def repo(tmp_path, synthetic_arrays, monkeypatch):
+    """A folder with dvc.yaml, the clean arrays and the (not oversampled) training arrays of 400 faces."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    images, labels, usages = synthetic_arrays
+    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
+    names = np.array(EMOTIONS)
+    write_npz(tmp_path / "clean.npz", images=images, labels=labels, splits=splits, class_names=names)
+    is_train = splits == "train"
+    write_npz(tmp_path / "train.npz", images=images[is_train], labels=labels[is_train],
+              source_index=np.arange(is_train.sum()), is_augmented=np.zeros(is_train.sum(), bool),
+              class_names=names)  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def run_train(repo: Path, **sections) -> dict:
+    return train.run(
+        parse_params(tiny_params(**sections)), repo / "train.npz", repo / "clean.npz", repo / "models" / "model.keras",
+        repo / "history.json", repo / "run.json", repo / "curves.png", repo / "checkpoints", repo,
+    )  # fmt: skip
+
+
+def client_for(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def test_train_logs_params_step_metrics_tags_and_the_model(repo):
+    facts = run_train(repo)
+    client = client_for(repo)
+    run = client.get_run(facts["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.architecture"] == "vgg"
+    assert "evaluate.tta.flip" not in run.data.params  # evaluation settings belong to the evaluate stage
+    tags = run.data.tags
+    assert (
+        tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.keras_backend"] and tags["ferflow.git_commit"]
+    )
+    assert len(tags["ferflow.data_hash"]) == 16 and tags["ferflow.classes"] == ",".join(EMOTIONS)
+    for key in ("loss", "accuracy", "precision", "recall", "auc", "f1_macro"):
+        for metric in (key, f"val_{key}"):
+            assert [m.step for m in client.get_metric_history(facts["run_id"], metric)] == [0, 1], metric
+    assert len(client.get_metric_history(facts["run_id"], "learning_rate")) == 2
+    history = json.loads((repo / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert facts["best_epoch"] in (0, 1) and facts["epochs_run"] == 2 and not facts["resumed"]
+    assert (repo / "models" / "model.keras").stat().st_size > 10_000
+    assert (repo / "curves.png").stat().st_size > 5_000
+    assert not (repo / "checkpoints").exists()
+    artifacts = {item.path for item in client.list_artifacts(facts["run_id"], "plots")}
+    assert artifacts == {"plots/training_curves.png"}
+    info = mlflow.models.get_model_info(facts["model_uri"])
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 48, 48, 1)
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    loaded = mlflow.keras.load_model(facts["model_uri"])
+    assert loaded.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0).shape == (1, 7)
+
+
+def test_two_runs_with_different_params_are_comparable(repo):
+    first = run_train(repo, train={"learning_rate": 0.01})
+    second = run_train(repo, train={"learning_rate": 0.001})
+    client = client_for(repo)
+    runs = {
+        run.info.run_id: run for run in client.search_runs([client.get_experiment_by_name("ferflow").experiment_id])
+    }
+    assert set(runs) == {first["run_id"], second["run_id"]}
+    a, b = runs[first["run_id"]].data, runs[second["run_id"]].data
+    assert set(a.params) == set(b.params) and len(a.params) > 40
+    assert {key for key in a.params if a.params[key] != b.params[key]} == {"train.learning_rate"}
+    assert set(a.metrics) == set(b.metrics) and {"val_loss", "val_f1_macro", "best_val_loss"} <= set(a.metrics)
+
+
+def test_same_params_and_seed_give_the_same_metrics(repo):
+    first = run_train(repo)
+    first_history = json.loads((repo / "history.json").read_text())
+    second = run_train(repo)
+    second_history = json.loads((repo / "history.json").read_text())
+    assert first["run_id"] != second["run_id"]
+    for a, b in zip(first_history, second_history, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_missing_weights_file_fails_before_any_run(repo):
+    with pytest.raises(ParamsError, match="model.weights: file .* does not exist"):
+        run_train(repo, model={"architecture": "mobilenet_v2", "weights": str(repo / "none.h5")})
+    assert not (repo / "mlflow.db").exists()
+
+
+def test_evaluate_writes_metrics_plots_and_logs_into_the_training_run(repo):
+    facts = run_train(repo)
+    out = repo / "eval"
+    metrics = evaluate.run(
+        parse_params({"evaluate": {"tta": {"flip": True}, "sample_faces": 6}}).evaluate,
+        repo / "models" / "model.keras", repo / "clean.npz", repo / "run.json", out / "metrics.json",
+        out / "records.json", out / "confusion.json", out / "report.txt", out / "plots", repo,
+    )  # fmt: skip
+    written = read_json(out / "metrics.json")
+    assert written == metrics
+    assert set(written) >= {"accuracy", "f1_macro", "f1_weighted", "auc", "loss", "f1_per_class", "test_rows"}
+    assert 0.0 <= written["accuracy"] <= 1.0 and set(written["f1_per_class"]) == set(EMOTIONS)
+    records = read_json(out / "records.json")
+    assert len(records) == written["test_rows"] and set(records[0]) == {"actual", "predicted"}
+    matrices = read_json(out / "confusion.json")
+    assert np.sum(matrices["counts"]) == written["test_rows"]
+    assert sum(r["actual"] == r["predicted"] for r in records) == pytest.approx(written["accuracy"] * len(records))
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "confusion_matrix.png", "confusion_matrix_normalised.png", "samples_correct.png", "samples_incorrect.png",
+    ]  # fmt: skip
+    assert "test-time augmentation: flip=True" in (out / "report.txt").read_text()
+
+    client = client_for(repo)
+    run = client.get_run(facts["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(written["accuracy"])
+    assert run.data.metrics["test_f1_macro"] == pytest.approx(written["f1_macro"])
+    assert "test_f1_disgust" in run.data.metrics and run.data.tags["ferflow.evaluated"] == "true"
+    logged = {item.path for item in client.list_artifacts(facts["run_id"], "evaluate")}
+    assert {"evaluate/confusion_matrix.json", "evaluate/confusion_matrix.png", "evaluate/classification_report.txt",
+            "evaluate/samples_incorrect.png", "evaluate/per_class.json"} <= logged  # fmt: skip
+
+
+def test_cv_logs_a_parent_run_with_one_nested_run_per_fold(repo):
+    params = parse_params(tiny_params(train={"epochs": 1}))
+    metrics = cv.run(params, repo / "train.npz", repo / "clean.npz", repo / "cv.json", repo)
+    assert read_json(repo / "cv.json") == metrics
+    per_fold = metrics["per_fold"]
+    assert sorted(per_fold) == ["fold1", "fold2"]
+    assert metrics["mean"]["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in per_fold.values()]))
+    assert metrics["std"]["accuracy"] == pytest.approx(np.std([f["accuracy"] for f in per_fold.values()], ddof=1))
+    assert 0.0 <= metrics["ensemble_test"]["accuracy"] <= 1.0
+
+    client = client_for(repo)
+    runs = client.search_runs([client.get_experiment_by_name("ferflow").experiment_id])
+    parents = [run for run in runs if run.data.tags.get("ferflow.stage") == "cv"]
+    folds = [run for run in runs if run.data.tags.get("ferflow.stage") == "cv_fold"]
+    assert len(parents) == 1 and len(folds) == 2
+    parent = parents[0]
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in folds)
+    assert parent.data.metrics["cv_accuracy_mean"] == pytest.approx(metrics["mean"]["accuracy"])
+    assert parent.data.params["cv.folds"] == "2" and "ensemble_test_accuracy" in parent.data.metrics
+    held_out = sorted(int(run.data.params["held_out_rows"]) for run in folds)
+    assert sum(held_out) == len(np.load(repo / "train.npz")["labels"])
+    assert all(run.info.status == "FINISHED" for run in runs)
+
+
+def test_cv_fold_indices_are_stratified_disjoint_and_complete():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    folds = cv.fold_indices(labels, folds=5, repeats=2, seed=0)
+    assert len(folds) == 10
+    for fit_rows, held_out in folds:
+        assert not set(fit_rows) & set(held_out) and len(fit_rows) + len(held_out) == 100
+        assert np.bincount(labels[held_out]).tolist() == [2, 4, 6, 8]
+    first_repeat = np.concatenate([held for _, held in folds[:5]])
+    assert sorted(first_repeat.tolist()) == list(range(100))
+    with pytest.raises(ParamsError, match="cv.folds: 50 folds"):
+        cv.fold_indices(labels, folds=50, repeats=1, seed=0)
+
+
+# -- killed and interrupted training, through the real command ------------------------------------------------
+
+
+def start_training(repo: Path, epochs: int) -> subprocess.Popen:
+    params = tiny_params(train={"epochs": epochs, "batch_size": 16}, model={"width": 8})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "ferflow", "--params", str(repo / "params.yaml"), "train",
+               "--train-arrays", "train.npz", "--clean", "clean.npz", "--model", "model.keras",
+               "--history", "history.json", "--run-info", "run.json", "--curves", "curves.png",
+               "--checkpoints", "checkpoints"]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epochs(repo: Path, process: subprocess.Popen, count: int, timeout: float = 240) -> None:
+    history = repo / "checkpoints" / "history.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if history.is_file() and len(history.read_text().splitlines()) >= count:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("training never reached the epoch")
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_in_the_same_run(repo):
+    process = start_training(repo, epochs=8)
+    wait_for_epochs(repo, process, 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    done_before = len((repo / "checkpoints" / "history.jsonl").read_text().splitlines())
+    assert 3 <= done_before < 8 and not (repo / "run.json").exists()
+
+    rerun = start_training(repo, epochs=8)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "resuming MLflow run" in output
+    facts = read_json(repo / "run.json")
+    assert facts["resumed"] and facts["epochs_run"] == 8
+    assert [row["epoch"] for row in read_json(repo / "history.json")] == list(range(8))
+    # The rerun started after the last finished epoch: its progress output counts from there, not from 1.
+    assert "Epoch 1/8" not in output and f"Epoch {done_before + 1}/8" in output
+    client = client_for(repo)
+    assert client.get_run(facts["run_id"]).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(facts["run_id"], "val_loss")]
+    assert sorted(set(steps)) == list(range(8))
+    assert len(client.search_runs([facts["experiment_id"]])) == 1
+
+
+@pytest.mark.slow
+def test_terminated_training_is_marked_failed_not_left_running(repo):
+    process = start_training(repo, epochs=50)
+    wait_for_epochs(repo, process, 1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, output
+    assert "ferflow train: terminated" in output
+    run_id = (repo / "checkpoints" / "mlflow_run_id").read_text().strip()
+    assert client_for(repo).get_run(run_id).info.status == "FAILED"
+    assert not (repo / "model.keras").exists() and not (repo / "run.json").exists()
