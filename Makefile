@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint lock clean
+.PHONY: help setup repro test ui lint lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ repro: $(STAMP)  ## set up, then run the whole pipeline (dvc repro) on the defau
 
 test: $(STAMP)  ## set up, then run the test suite
 	$(RUN) pytest
+
+ui: $(STAMP)  ## MLflow UI on the project's store, at http://127.0.0.1:5000
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 lint: $(STAMP)  ## ruff
 	$(RUN) ruff check src tests benchmarks
