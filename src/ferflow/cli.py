@@ -66,6 +66,36 @@ def _cv(args: argparse.Namespace, params: Params) -> None:
     cv.run(params, args.train_arrays, args.clean, args.metrics, paths.find_repo_root())
 
 
+def _register(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.stages import register
+
+    register.run(params, args.run_info, args.clean, args.out, args.card, paths.find_repo_root())
+
+
+def _promote(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.lifecycle import promote_command
+
+    return promote_command(params, paths.find_repo_root(), rollback=args.rollback, clean_arrays=args.clean)
+
+
+def _models(args: argparse.Namespace, params: Params) -> None:
+    from ferflow.lifecycle import models_command
+
+    models_command(params, paths.find_repo_root(), as_json=args.json)
+
+
+def _retrain(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.lifecycle import retrain_command
+
+    return retrain_command(params, paths.find_repo_root(), args.params)
+
+
+def _predict(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.inference import predict_command
+
+    return predict_command(params, paths.find_repo_root(), args)
+
+
 def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
     for flag, (default, help_text) in options.items():
         parser.add_argument(flag, type=Path, default=default, help=f"{help_text} (default: {default})")
@@ -152,6 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics": (paths.CV_METRICS, "per-fold and summary metrics JSON"),
     })  # fmt: skip
     cv.set_defaults(handler=_cv)
+
+    register = stage("register", help="register the best eligible run, write its model card, apply the gate")
+    _add_paths(register, {
+        "--run-info": (paths.TRAIN_RUN, "the training's run JSON"),
+        "--clean": (paths.CLEAN_ARRAYS, "clean arrays (test split to re-score a champion on)"),
+        "--out": (paths.REGISTRATION, "registration summary JSON"),
+        "--card": (paths.MODEL_CARD, "model card Markdown"),
+    })  # fmt: skip
+    register.set_defaults(handler=_register)
+
+    promote = stage("promote", help="move champion to the challenger if it beats it by the margin (or --rollback)")
+    promote.add_argument("--rollback", action="store_true", help="point champion back at the previous champion")
+    _add_paths(promote, {"--clean": (paths.CLEAN_ARRAYS, "test split to re-score the champion on if needed")})
+    promote.set_defaults(handler=_promote)
+
+    models = stage("models", help="list the registered versions with their aliases and key metrics")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_models)
+
+    retrain = stage("retrain", help="run the pipeline, register and gate; exit 0 promoted, 10 kept, 1 failed")
+    retrain.set_defaults(handler=_retrain)
+
+    predict = stage("predict", help="read the expression of the faces in images, folders or URLs")
+    predict.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
+    predict.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a .keras file "
+                         "(default: the champion of register.model_name)")  # fmt: skip
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--annotate", type=Path, metavar="OUT", help="write annotated images to this folder")
+    predict.add_argument("--no-detect", action="store_true", help="inputs are already cropped faces (FER style)")
+    predict.set_defaults(handler=_predict)
     return parser
 
 
@@ -165,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         params = load_params(args.params)
-        args.handler(args, params)
+        code = args.handler(args, params)
     except FerflowError as exc:
         print(f"ferflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -175,4 +235,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print(f"ferflow {args.command}: terminated (SIGTERM); no partial output was kept", file=sys.stderr)
         return 143
-    return 0
+    return code or 0

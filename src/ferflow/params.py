@@ -182,6 +182,14 @@ class CvParams(_Section):
     ensemble: bool = True  # also score the fold models' averaged prediction on the test split
 
 
+class RegisterParams(_Section):
+    model_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")] = "ferflow-fer"
+    metric: Literal["test_f1_macro", "test_accuracy", "test_f1_weighted", "test_auc", "test_loss"] = "test_f1_macro"
+    promotion_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005  # challenger must beat champion by this
+    auto_promote: bool = True  # apply the promotion gate right after registering
+    require_gpu: bool = False  # only GPU-trained runs are eligible
+
+
 class MlflowParams(_Section):
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "ferflow"
 
@@ -196,6 +204,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     cv: CvParams = CvParams()
+    # ``register`` is an ABC class method of BaseModel: the section lives under another attribute name too.
+    registry: RegisterParams = Field(RegisterParams(), alias="register")
     mlflow: MlflowParams = MlflowParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

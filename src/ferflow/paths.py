@@ -37,6 +37,10 @@ EVALUATE_PLOTS = Path("reports/evaluate/plots")
 
 CV_METRICS = Path("reports/cv/metrics.json")
 
+REGISTRATION = Path("reports/register/registration.json")
+MODEL_CARD = Path("reports/register/model_card.md")
+RETRAIN_LOCK = Path(".ferflow-retrain.lock")
+
 MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlruns")
 

@@ -127,7 +127,7 @@ def training_params(params: Params) -> dict[str, Any]:
     """The params sections that shape a trained model (logged on its run); evaluation and cv settings are
     logged by their own stages."""
     dumped = params.model_dump(by_alias=True)
-    return {key: value for key, value in dumped.items() if key not in {"evaluate", "cv"}}
+    return {key: value for key, value in dumped.items() if key not in {"evaluate", "cv", "register"}}
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ferflow import tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_path, read_npz, write_json
@@ -75,6 +77,15 @@ class _Checkpoints:
                     handle.write(json.dumps(row) + "\n")
 
         return HistoryWriter()
+
+
+def _class_counts(clean: dict, class_names: list[str]) -> dict[str, dict[str, int]]:
+    """Images per class in each split of the clean data (before oversampling), for model cards."""
+    return {
+        split: dict(zip(class_names, np.bincount(clean["labels"][clean["splits"] == split],
+                                                 minlength=len(class_names)).tolist(), strict=True))
+        for split in ("train", "val", "test")
+    }  # fmt: skip
 
 
 def run(
@@ -144,6 +155,8 @@ def run(
         model_info = tracking.log_keras_model(
             model, to_inputs(clean["images"][is_val][:2]), pip_requirements=[f"keras=={keras.__version__}"]
         )
+        mlflow.set_tag("ferflow.model_uri", model_info.model_uri)  # what the register stage registers
+        mlflow.log_dict(_class_counts(clean, class_names), "data/class_counts.json")
         with atomic_path(model_out) as tmp:
             staged = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
             model.save(staged)
