@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,25 @@ def synthetic_table(synthetic_arrays) -> pd.DataFrame:
     """The synthetic faces as a canonical FER table (emotion as text, as read from a CSV)."""
     table = make_table(*synthetic_arrays)
     return table.astype({"emotion": str})
+
+
+PASTE_AT, PASTE_SIZE = (150, 60), 144  # x, y and side of the face pasted into test photos
+
+
+def detectable_face() -> np.ndarray:
+    """The first synthetic face (fixed seed) that OpenCV's frontal-face cascade finds once pasted in a photo."""
+    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    for face in generate(30, seed=3, progress=False)[0]:
+        if len(cascade.detectMultiScale(photo_with(face), 1.1, 5, minSize=(24, 24))) == 1:
+            return face
+    raise AssertionError("no synthetic face was detectable")
+
+
+def photo_with(face: np.ndarray) -> np.ndarray:
+    canvas = np.random.default_rng(0).normal(100, 12, size=(300, 420)).clip(0, 255).astype(np.uint8)
+    x, y = PASTE_AT
+    canvas[y : y + PASTE_SIZE, x : x + PASTE_SIZE] = cv2.resize(face, (PASTE_SIZE, PASTE_SIZE), cv2.INTER_CUBIC)
+    return canvas
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from ferflow.schema import EMOTIONS
+from tests.conftest import REPO_ROOT, detectable_face, photo_with
 
 pytestmark = pytest.mark.slow
 
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
-STAGES = ["download", "subsample", "validate", "augment", "train", "evaluate", "cv"]
+STAGES = ["download", "subsample", "validate", "augment", "train", "evaluate", "cv", "register"]
 TINY_TRAINING = {
     "model__architecture": "vgg", "model__width": 4, "model__depth": 2, "model__dense_units": 8,
     "train__epochs": 2, "train__batch_size": 64, "cv__folds": 2,
@@ -95,19 +96,49 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
     assert trained.data.metrics["test_accuracy"] == pytest.approx(test_metrics["accuracy"])
     assert any(Path(p).is_dir() for p in (repo / "mlruns").iterdir())
 
+    # The first run leaves a champion, with a model card built from the logged facts.
+    registration = json.loads((repo / "reports/register/registration.json").read_text())
+    assert registration["run_id"] == run_info["run_id"] and registration["champion_version"] == 1
+    card = (repo / "reports/register/model_card.md").read_text()
+    assert "# Model card: ferflow-fer version 1" in card and "Confusion matrix" in card
+    assert "2-fold stratified" in card and f"{test_metrics['f1_macro']:.4f}" in card
+    models = run(["ferflow", "models"], repo).stdout.splitlines()
+    assert models[2].split()[:2] == ["1", "challenger,champion"]
+
+    # The champion reads the face in a photo: a synthetic face pasted into a larger picture.
+    Image.fromarray(photo_with(detectable_face())).save(repo / "photo.png")
+    predicted = json.loads(run(["ferflow", "predict", "photo.png", "--json"], repo).stdout)
+    assert len(predicted) == 1 and len(predicted[0]["faces"]) == 1
+    assert predicted[0]["faces"][0]["expression"] in EMOTIONS
+
     second = run(["dvc", "repro"], repo)
     assert stages_run(second.stdout) == []
     assert "Data and pipelines are up to date" in second.stdout
 
+    # Scheduled retraining with nothing new: the source is read again, nothing else reruns, champion kept.
+    unchanged = run(["ferflow", "retrain"], repo, check=False)
+    assert unchanged.returncode == 10, unchanged.stderr
+    assert stages_run(unchanged.stdout) == ["download"]
+    assert "retrain: KEPT: champion of ferflow-fer stays version 1; the pipeline was up to date" in unchanged.stdout
+
     edit_params(repo, evaluate__tta__flip=True)
-    assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate"]
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate", "register"]
     assert "flip=True" in (repo / "reports/evaluate/classification_report.txt").read_text()
 
+    # Retraining after a change: the new run is registered; it becomes champion only if it beats the margin.
     edit_params(repo, augment__oversample__target_ratio=0.8)
     assert "augment" in run(["dvc", "status"], repo).stdout
-    fourth = run(["dvc", "repro"], repo)
-    assert stages_run(fourth.stdout) == ["augment", "train", "evaluate", "cv"]
+    retrained = run(["ferflow", "retrain"], repo, check=False)
+    assert stages_run(retrained.stdout) == ["download", "augment", "train", "evaluate", "cv", "register"]
     assert json.loads((repo / "reports/augment/summary.json").read_text())["target_ratio"] == 0.8
+    registration = json.loads((repo / "reports/register/registration.json").read_text())
+    if retrained.returncode == 0:
+        assert registration["promoted"] and "retrain: PROMOTED: champion of ferflow-fer is now version 2" in (
+            retrained.stdout
+        )
+    else:
+        assert retrained.returncode == 10 and not registration["promoted"], retrained.stderr
+        assert "retrain: KEPT: champion of ferflow-fer stays version 1" in retrained.stdout
 
 
 def test_bad_param_fails_before_work_and_names_the_key(repo):

@@ -1,0 +1,275 @@
+"""Reading expressions in real photos: find faces (OpenCV's Haar cascade, shipped in the wheel), crop them to
+the model's 48x48 grey input and classify every face of every image in batched model calls.
+
+Use it from Python (``ferflow.predict(["photo.jpg"])``) or as ``ferflow predict``. An input that cannot be
+read (missing, not an image, an unreachable URL) gets its own error; the other inputs are still processed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferflow.errors import FerflowError
+from ferflow.schema import EMOTIONS, IMAGE_SIZE
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
+SMALL_SIDE = 64  # images this small are taken to be one cropped face (FER style): detection cannot work on them
+BOX_MARGIN = 0.12  # the Haar box is tighter than a FER crop, which shows some hair and chin
+
+
+class ModelNotFound(FerflowError):
+    exit_code = 2
+
+
+@dataclass
+class Face:
+    box: tuple[int, int, int, int]  # x, y, width, height in the source image
+    expression: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+@dataclass
+class ImageResult:
+    source: str
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None
+    detected: bool = True  # False when the whole image was taken as the face
+    annotated: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cascade():
+    import cv2
+
+    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise FerflowError(f"OpenCV's face detector {path} could not be loaded (opencv-python-headless < 5 ships it)")
+    return cascade
+
+
+def expand_sources(inputs: Iterable[str | Path]) -> list[str]:
+    """Folders become their image files (sorted); files and URLs stay as given."""
+    sources: list[str] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if not text.startswith(("http://", "https://")) and path.is_dir():
+            sources += [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            sources.append(text)
+    return sources
+
+
+def read_grey(source: str, timeout: float = 30.0) -> np.ndarray:
+    """A uint8 grey image from a file or an http(s) URL; FerflowError naming the source otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    if source.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            response = requests.get(source, timeout=timeout)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise FerflowError(f"cannot download: {exc}") from None
+        data = response.content
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FerflowError("no such file")
+        data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise FerflowError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def find_faces(grey: np.ndarray, cascade) -> list[tuple[int, int, int, int]]:
+    boxes = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: (b[0], b[1]))
+
+
+def crop_face(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    import cv2
+
+    x, y, w, h = box
+    dx, dy = int(w * BOX_MARGIN), int(h * BOX_MARGIN)
+    top, bottom = max(0, y - dy), min(grey.shape[0], y + h + dy)
+    left, right = max(0, x - dx), min(grey.shape[1], x + w + dx)
+    return cv2.resize(grey[top:bottom, left:right], (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    class_names: list[str]
+    uri: str
+
+
+def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedModel:
+    """A ``.keras`` file, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, or the champion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ferflow import tracking
+
+    uri = model or f"models:/{model_name}@champion"
+    if not uri.startswith("models:/"):
+        import keras
+
+        path = Path(uri)
+        if not path.is_file():
+            raise ModelNotFound(f"--model {uri}: no such file")
+        loaded = keras.models.load_model(path)
+        outputs = loaded.output_shape[-1]
+        names = list(EMOTIONS) if outputs == len(EMOTIONS) else [f"class_{i}" for i in range(outputs)]
+        return LoadedModel(loaded, names, str(path))
+    mlflow.set_tracking_uri(tracking.tracking_uri(repo_root))
+    client = mlflow.MlflowClient()
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    try:
+        if ref:
+            version = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, number = uri.removeprefix("models:/").partition("/")
+            version = client.get_model_version(name, number)
+        loaded = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+    except MlflowException as exc:
+        hint = " (no champion yet? run `dvc repro` or `ferflow promote`)" if model is None else ""
+        raise ModelNotFound(
+            f"model {uri} not found in {tracking.tracking_uri(repo_root)}{hint}: {exc.message}"
+        ) from None
+    names = version.tags.get("classes", "").split(",") if version.tags.get("classes") else list(EMOTIONS)
+    return LoadedModel(loaded, names, f"models:/{name}/{version.version}")
+
+
+def predict(
+    inputs: Sequence[str | Path] | str | Path,
+    model: str | None = None,
+    detect: bool = True,
+    annotate_dir: Path | None = None,
+    model_name: str = "ferflow-fer",
+    repo_root: Path | None = None,
+    batch_size: int = 256,
+    loaded: LoadedModel | None = None,
+) -> list[ImageResult]:
+    """Expressions of the faces in ``inputs`` (image files, folders, http(s) URLs), one result per image."""
+    from ferflow.models.training import predict_proba
+    from ferflow.paths import find_repo_root
+
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
+    loaded = loaded or load_model(model, model_name, repo_root or find_repo_root())
+    cascade = _cascade() if detect else None
+    results: list[ImageResult] = []
+    crops: list[np.ndarray] = []
+    owners: list[tuple[ImageResult, tuple[int, int, int, int]]] = []
+    images: dict[int, np.ndarray] = {}
+    for source in expand_sources(inputs):
+        result = ImageResult(source)
+        results.append(result)
+        try:
+            grey = read_grey(source)
+        except FerflowError as exc:
+            result.error = str(exc)
+            continue
+        small = max(grey.shape) <= SMALL_SIDE
+        if cascade is None or small:
+            boxes, result.detected = [(0, 0, grey.shape[1], grey.shape[0])], False
+        else:
+            boxes = find_faces(grey, cascade)
+        for box in boxes:
+            crops.append(crop_face(grey, box) if result.detected else _resize(grey))
+            owners.append((result, box))
+        images[id(result)] = grey
+    if crops:
+        proba = np.concatenate([
+            predict_proba(loaded.model, np.stack(crops[i : i + batch_size]), batch_size)
+            for i in range(0, len(crops), batch_size)
+        ])  # fmt: skip
+        for (result, box), row in zip(owners, proba, strict=True):
+            best = int(row.argmax())
+            probabilities = {n: round(float(p), 4) for n, p in zip(loaded.class_names, row, strict=True)}
+            result.faces.append(Face(box, loaded.class_names[best], float(row[best]), probabilities))
+    if annotate_dir is not None:
+        for result in results:
+            if result.error is None:
+                result.annotated = str(_annotate(images[id(result)], result, annotate_dir))
+    return results
+
+
+def _resize(grey: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return grey
+    return cv2.resize(grey, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def _annotate(grey: np.ndarray, result: ImageResult, folder: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    from ferflow.io import atomic_path
+
+    image = Image.fromarray(grey).convert("RGB")
+    scale = max(1, 256 // max(grey.shape))  # blow tiny FER crops up so the label is legible
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    for face in result.faces:
+        x, y, w, h = (v * scale for v in face.box)
+        draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(255, 60, 60), width=2)
+        label = f"{face.expression} {face.confidence:.2f}"
+        draw.rectangle((x, max(0, y - 12), x + 6 * len(label) + 4, max(0, y - 12) + 12), fill=(255, 60, 60))
+        draw.text((x + 2, max(0, y - 12)), label, fill=(255, 255, 255))
+    stem = Path(result.source.rstrip("/")).stem or "image"
+    out = folder / f"{stem}.annotated.png"
+    with atomic_path(out) as tmp:
+        image.save(tmp, format="PNG")
+    return out
+
+
+def format_table(results: Sequence[ImageResult]) -> str:
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"{result.source}: error: {result.error}")
+            continue
+        if not result.faces:
+            lines.append(f"{result.source}: no face found")
+            continue
+        for k, face in enumerate(result.faces, 1):
+            top = sorted(face.probabilities.items(), key=lambda item: -item[1])[:3]
+            where = "whole image" if not result.detected else "box x={} y={} w={} h={}".format(*face.box)
+            lines.append(f"{result.source}: face {k} ({where}): {face.expression} {face.confidence:.2f}  ["
+                         + ", ".join(f"{name} {p:.2f}" for name, p in top) + "]")  # fmt: skip
+    return "\n".join(lines)
+
+
+def predict_command(params, repo_root: Path, args) -> int:
+    results = predict(
+        args.inputs, model=args.model, detect=not args.no_detect, annotate_dir=args.annotate,
+        model_name=params.registry.model_name, repo_root=repo_root,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print(format_table(results))
+    failed = [result for result in results if result.error]
+    for result in failed:
+        print(f"ferflow predict: error: {result.source}: {result.error}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,124 @@
+"""Inference on photos: face detection, FER-style crops, folders, URLs, bad files, batching, annotation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ferflow
+from ferflow.cli import main
+from ferflow.data.synthetic import generate
+from ferflow.inference import LoadedModel, load_model, predict
+from ferflow.models.training import fit
+from ferflow.params import parse_params
+from ferflow.schema import EMOTIONS
+from tests.conftest import PASTE_AT, PASTE_SIZE, detectable_face, photo_with
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A small model trained for a few epochs on synthetic faces, saved as .keras."""
+    images, labels, usages = generate(400, seed=5, progress=False)
+    params = parse_params({"model": {"width": 8, "dense_units": 16}, "train": {"epochs": 3, "batch_size": 64}})
+    is_val = usages == "PublicTest"
+    result = fit(params, images[~is_val], labels[~is_val], images[is_val], labels[is_val], 7, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    result.model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    face = detectable_face()
+    Image.fromarray(photo_with(face)).convert("RGB").save(root / "a_photo.jpg", quality=95)
+    Image.fromarray(face).save(root / "b_fer_crop.png")
+    Image.fromarray(np.full((200, 260), 128, np.uint8)).save(root / "c_no_face.png")
+    (root / "d_corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not really a JPEG")
+    return root
+
+
+def overlap(box, x0, y0, side) -> float:
+    x, y, w, h = box
+    ix = max(0, min(x + w, x0 + side) - max(x, x0))
+    iy = max(0, min(y + h, y0 + side) - max(y, y0))
+    return ix * iy / (w * h + side * side - ix * iy)
+
+
+def test_predict_on_a_folder_finds_faces_and_reports_each_file(folder, model_file):
+    results = ferflow.predict(folder, model=str(model_file))
+    assert [os.path.basename(r.source) for r in results] == ["a_photo.jpg", "b_fer_crop.png", "c_no_face.png",
+                                                             "d_corrupt.jpg"]  # fmt: skip
+    photo, crop, blank, corrupt = results
+    assert photo.error is None and photo.detected and len(photo.faces) == 1
+    face = photo.faces[0]
+    assert overlap(face.box, *PASTE_AT, PASTE_SIZE) > 0.4
+    assert face.expression in EMOTIONS and set(face.probabilities) == set(EMOTIONS)
+    assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+    assert face.confidence == pytest.approx(max(face.probabilities.values()), abs=1e-4)
+    assert not crop.detected and crop.faces[0].box == (0, 0, 48, 48)  # FER-style crop: no detection needed
+    assert blank.error is None and blank.faces == []
+    assert corrupt.faces == [] and "not a readable image" in corrupt.error
+
+
+def test_cli_prints_a_table_or_json_and_fails_only_for_the_bad_file(folder, model_file, capsys, tmp_path):
+    code = main(["predict", str(folder), "--model", str(model_file), "--annotate", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "c_no_face.png: no face found" in out and "b_fer_crop.png: face 1 (whole image)" in out
+    assert "a_photo.jpg: face 1 (box x=" in out
+    assert "d_corrupt.jpg: not a readable image" in err and err.count("error") == 1
+    annotated = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert annotated == ["a_photo.annotated.png", "b_fer_crop.annotated.png", "c_no_face.annotated.png"]
+    assert Image.open(tmp_path / "out" / "a_photo.annotated.png").size == (420, 300)
+
+    code = main(["predict", str(folder / "a_photo.jpg"), "--model", str(model_file), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(rows) == 1 and rows[0]["faces"][0]["expression"] in EMOTIONS
+
+
+def test_predict_from_a_url_and_a_broken_url(folder, model_file, http_server):
+    (http_server.root / "photo.jpg").write_bytes((folder / "a_photo.jpg").read_bytes())
+    good, missing = predict([http_server.url("photo.jpg"), http_server.url("nothing.jpg")], model=str(model_file))
+    assert good.error is None and len(good.faces) == 1
+    assert "cannot download" in missing.error and "404" in missing.error
+
+
+def test_no_detect_takes_each_image_as_one_face(folder, model_file):
+    (result,) = predict(folder / "c_no_face.png", model=str(model_file), detect=False)
+    assert not result.detected and len(result.faces) == 1 and result.faces[0].box == (0, 0, 260, 200)
+
+
+def test_faces_are_classified_in_batches_not_one_call_per_face(folder, model_file, tmp_path):
+    class CountingModel:
+        """The real model, counting how often it is called."""
+
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+
+        def predict(self, *args, **kwargs):
+            self.calls += 1
+            return self.model.predict(*args, **kwargs)
+
+    loaded = load_model(str(model_file), "unused", tmp_path)
+    counting = CountingModel(loaded.model)
+    crops = [folder / "b_fer_crop.png"] * 5 + [folder / "a_photo.jpg"]
+    results = predict(crops, loaded=LoadedModel(counting, loaded.class_names, loaded.uri))
+    assert sum(len(r.faces) for r in results) == 6 and counting.calls == 1
+    predict(crops, loaded=LoadedModel(counting, loaded.class_names, loaded.uri), batch_size=4)
+    assert counting.calls == 3  # 6 faces in batches of 4: two more calls
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, capsys, monkeypatch, folder):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["predict", str(folder), "--model", "nowhere.keras"]) == 2
+    assert "--model nowhere.keras: no such file" in capsys.readouterr().err
+    assert main(["predict", str(folder)]) == 2
+    assert "models:/ferflow-fer@champion not found" in capsys.readouterr().err
