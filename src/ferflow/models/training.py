@@ -6,6 +6,7 @@ Written against ``keras.*`` and numpy only, so any Keras backend (TensorFlow, JA
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -126,8 +127,6 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.path is not None and self.path.with_suffix(".json").is_file():
-            import json
-
             state = json.loads(self.path.with_suffix(".json").read_text())
             self.best_loss, self.best_epoch = state["val_loss"], state["epoch"]
 
@@ -137,8 +136,6 @@ class BestWeights(keras.callbacks.Callback):
             self.best_loss, self.best_epoch = loss, epoch
             self.best = self.model.get_weights()
             if self.path is not None:
-                import json
-
                 self.model.save_weights(str(self.path))
                 self.path.with_suffix(".json").write_text(json.dumps({"val_loss": loss, "epoch": epoch}))
 
@@ -192,7 +189,7 @@ def fit(
         validation_data=(to_inputs(val_images), one_hot(val_labels, n_classes)),
         epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
         class_weight=class_weights(labels, n_classes) if settings.class_weighting else None,
-        callbacks=[*schedule_callbacks(settings), *extra_callbacks, best],
+        callbacks=[*schedule_callbacks(settings), best, *extra_callbacks],  # best is saved before any backup
         # One line per epoch in a log file or CI; the live bar only on a terminal.
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )  # fmt: skip

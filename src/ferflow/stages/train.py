@@ -59,7 +59,12 @@ class _Checkpoints:
     def previous_history(self) -> list[dict[str, float]]:
         if not self.history.is_file():
             return []
-        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+        rows = {}
+        for line in self.history.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["epoch"]] = row  # an epoch redone after a kill keeps its last record
+        return [rows[epoch] for epoch in sorted(rows)]
 
     def history_writer(self):
         import keras
@@ -130,13 +135,15 @@ def run(
         if resumed_run is None:
             mlflow.log_params(tracking.flatten(tracking.training_params(params)))
             mlflow.log_params({"data.train_rows": len(train["labels"]), "data.val_rows": int(is_val.sum()),
-                               "model.parameters": model.count_params()})  # fmt: skip
+                               "parameter_count": model.count_params()})  # fmt: skip
         else:
             print(f"train: resuming MLflow run {resumed_run} from its last finished epoch")
         fit(
             params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
-            extra_callbacks=[keras.callbacks.BackupAndRestore(str(checkpoints.backup)),
-                             checkpoints.history_writer(), tracking.epoch_logger()],
+            # History and MLflow first, backup last: a kill in between makes the epoch run again (and be
+            # recorded twice, the last record winning), never leaves a finished epoch unrecorded.
+            extra_callbacks=[checkpoints.history_writer(), tracking.epoch_logger(),
+                             keras.callbacks.BackupAndRestore(str(checkpoints.backup))],
             best_weights=checkpoints.best_weights, model=model,
         )  # fmt: skip
         history = checkpoints.previous_history()
