@@ -173,6 +173,10 @@ def test_repro_on_the_real_sample(repo, real_sample):
     assert metrics["passed"]
     assert "carved from Training" in metrics["split_provenance"]["test"]
     assert metrics["split_sizes"]["val"] == pytest.approx(359, abs=8)  # 10 % of PublicTest, minus quarantine
+    # ... and on through training, evaluation, cross-validation and registration (tiny model: no accuracy claim).
+    test_metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert test_metrics["test_rows"] == metrics["split_sizes"]["test"] and 0.0 <= test_metrics["f1_macro"] <= 1.0
+    assert json.loads((repo / "reports/register/registration.json").read_text())["champion_version"] == 1
 
 
 @pytest.mark.real_data
@@ -188,7 +192,7 @@ def test_repro_on_a_zip_of_image_folders_made_from_the_real_sample(repo, real_sa
             image.save(path)
             zf.write(path, f"{folder[row.Usage]}/{names[row.emotion]}/{i}.png")
     edit_params(repo, data__source=str(archive), subsample__fraction=1.0)
-    run(["dvc", "repro"], repo)
+    run(["dvc", "repro", "validate"], repo)  # the source and the data gate; training is covered above
     manifest = json.loads((repo / "data/raw/manifest.json").read_text())
     assert manifest["kind"] == "image_zip" and manifest["rows"] == len(table)
     metrics = json.loads((repo / "reports/validate/metrics.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -136,7 +137,10 @@ class BestWeights(keras.callbacks.Callback):
             self.best_loss, self.best_epoch = loss, epoch
             self.best = self.model.get_weights()
             if self.path is not None:
-                self.model.save_weights(str(self.path))
+                # Written aside and renamed: a kill mid-write must not leave a corrupt file to resume from.
+                staged = self.path.with_name(f"staged.{self.path.name}")
+                self.model.save_weights(str(staged))
+                os.replace(staged, self.path)
                 self.path.with_suffix(".json").write_text(json.dumps({"val_loss": loss, "epoch": epoch}))
 
     def on_train_end(self, logs: dict | None = None) -> None:

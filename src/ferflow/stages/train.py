@@ -141,9 +141,10 @@ def run(
         fit(
             params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
             # History and MLflow first, backup last: a kill in between makes the epoch run again (and be
-            # recorded twice, the last record winning), never leaves a finished epoch unrecorded.
+            # recorded twice, the last record winning), never leaves a finished epoch unrecorded. The backup
+            # keeps its previous copy, which Keras falls back to if a kill corrupted the latest one.
             extra_callbacks=[checkpoints.history_writer(), tracking.epoch_logger(),
-                             keras.callbacks.BackupAndRestore(str(checkpoints.backup))],
+                             keras.callbacks.BackupAndRestore(str(checkpoints.backup), double_checkpoint=True)],
             best_weights=checkpoints.best_weights, model=model,
         )  # fmt: skip
         history = checkpoints.previous_history()
