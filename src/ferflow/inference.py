@@ -7,7 +7,6 @@ read (missing, not an image, an unreachable URL) gets its own error; the other i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -18,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ferflow.data.http import is_url
+from ferflow.data.images import decode_grey, fer_resize
 from ferflow.errors import FerflowError
-from ferflow.schema import EMOTIONS, IMAGE_SIZE
+from ferflow.schema import EMOTIONS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
 SMALL_SIDE = 64  # images this small are taken to be one cropped face (FER style): detection cannot work on them
@@ -66,7 +67,7 @@ def expand_sources(inputs: Iterable[str | Path]) -> list[str]:
     for item in inputs:
         text = str(item)
         path = Path(text)
-        if not text.startswith(("http://", "https://")) and path.is_dir():
+        if not is_url(text) and path.is_dir():
             sources += [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
             sources.append(text)
@@ -74,10 +75,8 @@ def expand_sources(inputs: Iterable[str | Path]) -> list[str]:
 
 
 def read_grey(source: str, timeout: float = 30.0) -> np.ndarray:
-    """A uint8 grey image from a file or an http(s) URL; FerflowError naming the source otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
-    if source.startswith(("http://", "https://")):
+    """A uint8 grey image from a file or an http(s) URL; FerflowError saying what is wrong otherwise."""
+    if is_url(source):
         import requests
 
         try:
@@ -92,10 +91,9 @@ def read_grey(source: str, timeout: float = 30.0) -> np.ndarray:
             raise FerflowError("no such file")
         data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FerflowError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+        return decode_grey(data, "image")
+    except FerflowError as exc:
+        raise FerflowError(str(exc).removeprefix("image: ")) from None
 
 
 def find_faces(grey: np.ndarray, cascade) -> list[tuple[int, int, int, int]]:
@@ -104,13 +102,11 @@ def find_faces(grey: np.ndarray, cascade) -> list[tuple[int, int, int, int]]:
 
 
 def crop_face(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    import cv2
-
     x, y, w, h = box
     dx, dy = int(w * BOX_MARGIN), int(h * BOX_MARGIN)
     top, bottom = max(0, y - dy), min(grey.shape[0], y + h + dy)
     left, right = max(0, x - dx), min(grey.shape[1], x + w + dx)
-    return cv2.resize(grey[top:bottom, left:right], (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+    return fer_resize(grey[top:bottom, left:right])
 
 
 @dataclass
@@ -193,7 +189,7 @@ def predict(
         else:
             boxes = find_faces(grey, cascade)
         for box in boxes:
-            crops.append(crop_face(grey, box) if result.detected else _resize(grey))
+            crops.append(crop_face(grey, box) if result.detected else fer_resize(grey))
             owners.append((result, box))
         images[id(result)] = grey
     if crops:
@@ -206,21 +202,13 @@ def predict(
             probabilities = {n: round(float(p), 4) for n, p in zip(loaded.class_names, row, strict=True)}
             result.faces.append(Face(box, loaded.class_names[best], float(row[best]), probabilities))
     if annotate_dir is not None:
-        for result in results:
+        for number, result in enumerate(results, 1):
             if result.error is None:
-                result.annotated = str(_annotate(images[id(result)], result, annotate_dir))
+                result.annotated = str(_annotate(images[id(result)], result, annotate_dir, number))
     return results
 
 
-def _resize(grey: np.ndarray) -> np.ndarray:
-    import cv2
-
-    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
-        return grey
-    return cv2.resize(grey, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-
-
-def _annotate(grey: np.ndarray, result: ImageResult, folder: Path) -> Path:
+def _annotate(grey: np.ndarray, result: ImageResult, folder: Path, number: int) -> Path:
     from PIL import Image, ImageDraw
 
     from ferflow.io import atomic_path
@@ -237,7 +225,7 @@ def _annotate(grey: np.ndarray, result: ImageResult, folder: Path) -> Path:
         draw.rectangle((x, max(0, y - 12), x + 6 * len(label) + 4, max(0, y - 12) + 12), fill=(255, 60, 60))
         draw.text((x + 2, max(0, y - 12)), label, fill=(255, 255, 255))
     stem = Path(result.source.rstrip("/")).stem or "image"
-    out = folder / f"{stem}.annotated.png"
+    out = folder / f"{number:03d}_{stem}.annotated.png"  # numbered: same-named files from two folders or URLs
     with atomic_path(out) as tmp:
         image.save(tmp, format="PNG")
     return out

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ferflow import paths, registry, tracking
+from ferflow.errors import ParamsError
 from ferflow.io import read_json
 from ferflow.params import Params
 
@@ -40,7 +41,9 @@ def promote_command(params: Params, repo_root: Path, rollback: bool, clean_array
         print(f"promote: {decision.reason}")
         return PROMOTED
     clean = clean_arrays if clean_arrays.is_absolute() else repo_root / clean_arrays
-    rescore = champion_rescorer(settings.model_name, clean, settings.metric) if clean.is_file() else None
+    rescore = (
+        champion_rescorer(settings.model_name, clean, settings.metric, params.evaluate.tta) if clean.is_file() else None
+    )
     decision = registry.promote(client, settings.model_name, settings.metric, settings.promotion_margin, rescore)
     print(f"promote: {decision.reason}")
     return PROMOTED if decision.promoted else KEPT
@@ -79,6 +82,9 @@ def _dvc(repo_root: Path, *args: str) -> int:
 
 def retrain_command(params: Params, repo_root: Path, params_file: Path) -> int:
     """Refresh the data, rerun what changed, register and gate; one summary line says what happened."""
+    if params_file.resolve() != (repo_root / "params.yaml").resolve():
+        raise ParamsError(f"--params {params_file}: retrain runs `dvc repro`, which reads the repository's "
+                          "params.yaml; edit that file (or use `dvc exp run -S ...`) instead")  # fmt: skip
     lock_path = repo_root / paths.RETRAIN_LOCK
     with open(lock_path, "a+") as lock:
         try:

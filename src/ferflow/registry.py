@@ -155,28 +155,30 @@ def promote(client, name: str, metric: str, margin: float,
     challenger_score = _metric(challenger, metric)
     if challenger_score is None:
         raise RegistryError(f"challenger version {challenger.version} has no {metric} tag")
-    if champion is not None and str(champion.version) == str(challenger.version):
-        return Decision(False, f"version {challenger.version} is already the champion", champion.version,
-                        champion.version, {metric: challenger_score})  # fmt: skip
+    kept = str(champion.version) if champion is not None else None
+    if kept == str(challenger.version):
+        return Decision(False, f"version {kept} is already the champion", kept, kept, {metric: challenger_score})
     if champion is not None:
-        if champion.tags.get("test_hash") == challenger.tags.get("test_hash"):
-            champion_score = _metric(champion, metric)
-        elif rescore is not None:
+        if champion.tags.get("classes") != challenger.tags.get("classes"):
+            return Decision(False, f"champion version {kept} reads other classes ({champion.tags.get('classes')}) "
+                            f"than challenger version {challenger.version} ({challenger.tags.get('classes')}); "
+                            "they are not comparable; champion kept", kept, kept)  # fmt: skip
+        same_test = champion.tags.get("test_hash") == challenger.tags.get("test_hash")
+        champion_score = _metric(champion, metric) if same_test else None
+        if champion_score is None and rescore is not None:
             champion_score = rescore(champion)
-        else:
-            return Decision(False, f"champion version {champion.version} was evaluated on another test split "
-                            f"than challenger version {challenger.version}; rerun the pipeline so the gate can "
-                            "score the champion on the challenger's test data", champion.version,
-                            champion.version)  # fmt: skip
+        if champion_score is None:
+            return Decision(False, f"champion version {kept} has no {metric} on the challenger's test split; "
+                            "rerun the pipeline so the gate can score it there; champion kept", kept, kept)  # fmt: skip
         scores = {f"challenger_{metric}": challenger_score, f"champion_{metric}": champion_score}
-        if champion_score is not None and not better(metric, challenger_score, champion_score, margin):
+        if not better(metric, challenger_score, champion_score, margin):
             return Decision(False, f"challenger version {challenger.version} ({metric} {challenger_score:.4f}) does "
-                            f"not beat champion version {champion.version} ({champion_score:.4f}) by the margin "
-                            f"{margin}; champion kept", champion.version, champion.version, scores)  # fmt: skip
+                            f"not beat champion version {kept} ({champion_score:.4f}) by the margin "
+                            f"{margin}; champion kept", kept, kept, scores)  # fmt: skip
     else:
         scores = {f"challenger_{metric}": challenger_score}
 
-    previous = str(champion.version) if champion is not None else None
+    previous = kept
     if previous is not None:
         # Remember the outgoing champion first: if we stop right after, champion is unchanged and valid.
         client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*_history(client, name), previous]))

@@ -132,7 +132,7 @@ def training_params(params: Params) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def tracked_run(
-    repo_root: Path, experiment: str | None = None, run_name: str | None = None,
+    repo_root: Path, experiment: str = "ferflow", run_name: str | None = None,
     tags: Mapping[str, str] | None = None, parent_run_id: str | None = None, run_id: str | None = None,
 ) -> Iterator[Any]:  # fmt: skip
     """A started MLflow run that ends FINISHED, or FAILED (never left RUNNING) if the block raises.
@@ -143,10 +143,15 @@ def tracked_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(repo_root))
+    status_on_error = "FAILED"
     if run_id is not None:
+        # A finished run reopened to add to it (evaluation) stays finished if the addition fails: the
+        # training itself did not fail. A run being resumed (RUNNING or FAILED before) ends FAILED.
+        if mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED":
+            status_on_error = "FINISHED"
         run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
     else:
-        exp_id = experiment_id(mlflow.MlflowClient(), experiment or "Default", repo_root)
+        exp_id = experiment_id(mlflow.MlflowClient(), experiment, repo_root)
         run = mlflow.start_run(
             experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
             parent_run_id=parent_run_id,
@@ -154,7 +159,7 @@ def tracked_run(
     try:
         yield run
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        mlflow.end_run(status=status_on_error)
         raise
     mlflow.end_run(status="FINISHED")
 

@@ -41,6 +41,23 @@ def test_a_failing_run_is_marked_failed_not_left_running(repo):
     assert status == "FAILED"
 
 
+def test_a_failure_while_adding_to_a_finished_run_leaves_it_finished(repo):
+    with tracked_run(repo, "ferflow-test", "trained") as run:
+        mlflow.log_metric("val_loss", 0.3)
+    with pytest.raises(KeyboardInterrupt), tracked_run(repo, run_id=run.info.run_id):
+        mlflow.log_metric("test_accuracy", 0.9)
+        raise KeyboardInterrupt  # e.g. evaluation stopped by Ctrl-C
+    client = mlflow.MlflowClient(tracking_uri(repo))
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"  # the training did not fail
+
+    with tracked_run(repo, "ferflow-test", "killed") as killed:
+        pass
+    client.set_terminated(killed.info.run_id, status="FAILED")  # as a crashed training leaves it
+    with pytest.raises(ValueError), tracked_run(repo, run_id=killed.info.run_id):
+        raise ValueError("the resumed training failed again")
+    assert client.get_run(killed.info.run_id).info.status == "FAILED"
+
+
 def test_dvc_temporary_experiments_log_to_the_real_repository(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"

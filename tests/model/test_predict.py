@@ -73,8 +73,8 @@ def test_cli_prints_a_table_or_json_and_fails_only_for_the_bad_file(folder, mode
     assert "a_photo.jpg: face 1 (box x=" in out
     assert "d_corrupt.jpg: not a readable image" in err and err.count("error") == 1
     annotated = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert annotated == ["a_photo.annotated.png", "b_fer_crop.annotated.png", "c_no_face.annotated.png"]
-    assert Image.open(tmp_path / "out" / "a_photo.annotated.png").size == (420, 300)
+    assert annotated == ["001_a_photo.annotated.png", "002_b_fer_crop.annotated.png", "003_c_no_face.annotated.png"]
+    assert Image.open(tmp_path / "out" / "001_a_photo.annotated.png").size == (420, 300)
 
     code = main(["predict", str(folder / "a_photo.jpg"), "--model", str(model_file), "--json"])
     rows = json.loads(capsys.readouterr().out)

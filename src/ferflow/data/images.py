@@ -34,17 +34,27 @@ class ImageFolderReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def to_fer_image(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes of any format, size or mode into a 48x48 uint8 grey image."""
+def decode_grey(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes of any format, size or mode into a uint8 grey image of the same size."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            grey = image.convert("L")
+            return np.asarray(image.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    if grey.size != (IMAGE_SIZE, IMAGE_SIZE):
-        grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return np.asarray(grey, dtype=np.uint8)
+
+
+def fer_resize(grey: np.ndarray) -> np.ndarray:
+    """A grey image (or face crop) of any size as the 48x48 input, resized as at ingestion (Lanczos)."""
+    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return grey
+    resized = Image.fromarray(grey).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def to_fer_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes of any format, size or mode into a 48x48 uint8 grey image."""
+    return fer_resize(decode_grey(data, name))
 
 
 def _label_and_usage(relative: PurePosixPath) -> tuple[int, str] | None:

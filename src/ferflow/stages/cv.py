@@ -32,7 +32,7 @@ def fold_indices(labels: np.ndarray, folds: int, repeats: int, seed: int) -> lis
     from sklearn.model_selection import RepeatedStratifiedKFold
 
     counts = np.bincount(labels)
-    if len(labels) < folds or counts[counts > 0].max() < folds:
+    if not len(labels) or counts.max() < folds:
         raise ParamsError(f"cv.folds: {folds} folds need at least {folds} training rows of some class; "
                           f"the largest class has {counts.max()}")  # fmt: skip
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -61,7 +61,9 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
     labels = train["labels"][originals]
     settings = params.cv
     folds = fold_indices(labels, settings.folds, settings.repeats, settings.seed)
-    is_test = clean["splits"] == "test"
+    is_test, is_val = clean["splits"] == "test", clean["splits"] == "val"
+    if not is_val.any():
+        raise DataError(f"{clean_arrays}: no validation rows (split 'val'); rerun the validate stage")
     if settings.ensemble and not is_test.any():
         raise DataError(f"{clean_arrays}: no test rows (split 'test') for the cv ensemble; rerun validate")
 
@@ -89,17 +91,19 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
                 mlflow.log_params({"fold": fold, "repeat": repeat, "fit_rows": int(chosen.sum()),
                                    "held_out_rows": len(held_out)})  # fmt: skip
                 seed_everything(params.train.seed + number)
+                # Epochs are chosen on the val split, as in train; the held-out fold is only scored.
                 result = fit(
                     params, train["images"][chosen], train["labels"][chosen],
-                    train["images"][originals[held_out]], labels[held_out], n_classes,
+                    clean["images"][is_val], clean["labels"][is_val], n_classes,
                     extra_callbacks=[tracking.epoch_logger()],
                 )  # fmt: skip
                 scores = classification_metrics(
                     labels[held_out], predict_proba(result.model, train["images"][originals[held_out]]), class_names
                 )
+                flat = flat_metrics(scores)
                 row = {"fold": fold, "repeat": repeat, "epochs_run": len(result.history),
-                       "train_seconds": round(result.seconds, 2), **flat_metrics(scores)}  # fmt: skip
-                mlflow.log_metrics({f"fold_{key}": value for key, value in flat_metrics(scores).items()})
+                       "train_seconds": round(result.seconds, 2), **flat}  # fmt: skip
+                mlflow.log_metrics({f"fold_{key}": value for key, value in flat.items()})
                 mlflow.log_metric("train_seconds", result.seconds)
                 if settings.ensemble:
                     ensemble_proba += predict_proba(result.model, clean["images"][is_test]) / len(folds)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
-from ferflow.io import atomic_open, read_json, read_npz, write_json
+from ferflow.io import array_digest, atomic_open, read_json, read_npz, write_json
 from ferflow.models.evaluation import classification_metrics, confusion, flat_metrics, predict_with_tta
 from ferflow.params import EvaluateParams
 from ferflow.plots import confusion_heatmap, labelled_faces, save_figure
@@ -80,6 +80,10 @@ def run(
     if not is_test.any():
         raise DataError(f"{clean_arrays}: no test rows (split 'test'); rerun the validate stage")
     images, labels = clean["images"][is_test], clean["labels"][is_test]
+    test_hash = array_digest(images, labels)
+    if test_hash != facts["test_hash"]:
+        raise DataError(f"{clean_arrays}: its test split (hash {test_hash}) is not the one {run_info} was trained "
+                        f"beside ({facts['test_hash']}); rerun the train stage")  # fmt: skip
 
     model = keras.models.load_model(model_path)
     tta = params.tta
@@ -107,13 +111,13 @@ def run(
 
     with tracking.tracked_run(repo_root, run_id=facts["run_id"]):
         mlflow.log_metrics(flat_metrics(scores, prefix="test_"))
-        mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.tta": tta_text,
-                         "ferflow.test_hash": facts["test_hash"]})  # fmt: skip
         mlflow.log_dict(matrices, "evaluate/confusion_matrix.json")
         mlflow.log_dict(scores["per_class"], "evaluate/per_class.json")
         mlflow.log_text(report, "evaluate/classification_report.txt")
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"evaluate/{name}")
+        # Last: only a completely logged evaluation makes the run eligible for registration.
+        mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.tta": tta_text})
 
     for name, figure in figures.items():
         save_figure(figure, plots_dir / name)

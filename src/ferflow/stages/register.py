@@ -15,25 +15,25 @@ from ferflow import registry, tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_open, read_json, write_json
 from ferflow.model_card import build_model_card
-from ferflow.params import Params
+from ferflow.params import Params, TtaParams
 
 METRICS = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_auc", "test_loss")
 
 
-def champion_rescorer(name: str, clean_arrays: Path, metric: str):
-    """Scores a registered version on the test split of ``clean_arrays`` (the challenger's test data)."""
+def champion_rescorer(name: str, clean_arrays: Path, metric: str, tta: TtaParams):
+    """Scores a registered version on the test split of ``clean_arrays`` (the challenger's test data), with
+    the same test-time augmentation the challenger was evaluated with."""
 
     def rescore(version) -> float:
         import mlflow
 
         from ferflow.io import read_npz
-        from ferflow.models.evaluation import classification_metrics
-        from ferflow.models.training import predict_proba
+        from ferflow.models.evaluation import classification_metrics, predict_with_tta
 
         clean = read_npz(clean_arrays)
         is_test = clean["splits"] == "test"
         model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
-        proba = predict_proba(model, clean["images"][is_test])
+        proba = predict_with_tta(model, clean["images"][is_test], tta.flip, tta.crops, tta.crop_fraction)
         scores = classification_metrics(clean["labels"][is_test], proba, [str(c) for c in clean["class_names"]])
         return float(scores[metric.removeprefix("test_")])
 
@@ -67,7 +67,7 @@ def run(
     best = registry.best_run(runs, settings.metric)
     version, created = registry.register_run(client, settings.model_name, best, METRICS)
     card = build_model_card(client, settings.model_name, version, best, experiment.experiment_id)
-    mlflow.MlflowClient().log_text(best.info.run_id, card, "model_card.md")
+    client.log_text(best.info.run_id, card, "model_card.md")
     client.update_model_version(settings.model_name, version.version, description=card.split("\n## ", 1)[0])
     client.set_registered_model_alias(settings.model_name, registry.CHALLENGER, version.version)
 
@@ -75,7 +75,7 @@ def run(
     if settings.auto_promote:
         decision = registry.promote(
             client, settings.model_name, settings.metric, settings.promotion_margin,
-            rescore=champion_rescorer(settings.model_name, clean_arrays, settings.metric),
+            rescore=champion_rescorer(settings.model_name, clean_arrays, settings.metric, params.evaluate.tta),
         )  # fmt: skip
     champion = registry.alias_version(client, settings.model_name, registry.CHAMPION)
     summary = {

@@ -167,8 +167,11 @@ def run(
         mlflow.log_dict(_class_counts(clean, class_names), "data/class_counts.json")
         with atomic_path(model_out) as tmp:
             staged = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
-            model.save(staged)
-            staged.replace(tmp)
+            try:
+                model.save(staged)
+                staged.replace(tmp)
+            finally:
+                staged.unlink(missing_ok=True)
         write_json(history_out, history)
         save_figure(figure, curves_out)
         facts = {
