@@ -117,24 +117,23 @@ def compiled_model(params: Params, n_classes: int) -> keras.Model:
 
 class BestWeights(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest ``val_loss`` in memory (and optionally on disk, so a
-    resumed run still knows its best epoch) and puts them back when training ends."""
+    resumed run still knows its best loss) and puts them back when training ends."""
 
     def __init__(self, path: Path | None = None):
         super().__init__()
         self.path = path
         self.best_loss = math.inf
-        self.best_epoch = -1
         self.best: list[np.ndarray] | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.path is not None and self.path.with_suffix(".json").is_file():
             state = json.loads(self.path.with_suffix(".json").read_text())
-            self.best_loss, self.best_epoch = state["val_loss"], state["epoch"]
+            self.best_loss = state["val_loss"]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("val_loss", math.inf))
         if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, epoch
+            self.best_loss = loss
             self.best = self.model.get_weights()
             if self.path is not None:
                 # Written aside and renamed: a kill mid-write must not leave a corrupt file to resume from.
@@ -167,7 +166,6 @@ def schedule_callbacks(settings: TrainParams) -> list[keras.callbacks.Callback]:
 class FitResult:
     model: keras.Model
     history: list[dict[str, float]]  # one row per epoch run in this call: {"epoch": i, "loss": ..., ...}
-    best_epoch: int
     seconds: float
 
 
@@ -201,7 +199,7 @@ def fit(
         {"epoch": int(epoch), **{key: float(values[i]) for key, values in fitted.history.items()}}
         for i, epoch in enumerate(fitted.epoch)
     ]
-    return FitResult(model, history, best.best_epoch, time.perf_counter() - started)
+    return FitResult(model, history, time.perf_counter() - started)
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -22,6 +22,7 @@ from ferflow.errors import DataError, ParamsError
 from ferflow.io import read_npz, write_json
 from ferflow.models.architectures import check_weights
 from ferflow.models.evaluation import classification_metrics, flat_metrics
+from ferflow.models.training import fit, model_spec, predict_proba, seed_everything
 from ferflow.params import Params
 
 SUMMARISED = ("accuracy", "f1_macro", "f1_weighted", "auc", "loss")
@@ -48,8 +49,6 @@ def summarise(fold_scores: list[dict[str, float]]) -> dict[str, dict[str, float]
 
 
 def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Path, repo_root: Path) -> dict[str, Any]:
-    from ferflow.models.training import fit, model_spec, predict_proba, seed_everything
-
     train = read_npz(train_arrays)
     clean = read_npz(clean_arrays)
     class_names = [str(name) for name in train["class_names"]]

@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_path, read_npz, write_json
 from ferflow.models.architectures import check_weights
-from ferflow.models.training import model_spec, to_inputs
+from ferflow.models.training import compiled_model, fit, model_spec, seed_everything, to_inputs
 from ferflow.params import Params
 from ferflow.plots import save_figure, training_curves
 
@@ -115,10 +116,7 @@ def run(
     if not is_val.any():
         raise DataError(f"{clean_arrays}: no validation rows (split 'val'); rerun the validate stage")
 
-    import keras
     import mlflow
-
-    from ferflow.models.training import compiled_model, fit, seed_everything
 
     data_tags = tracking.data_tags(train, clean)
     checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(params, data_tags))
