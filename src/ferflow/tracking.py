@@ -8,6 +8,7 @@ copies log to the same place; ``MLFLOW_TRACKING_URI`` overrides the store.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -120,7 +121,23 @@ def data_tags(train: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> dic
         "ferflow.train_data_hash": array_digest(train["images"], train["labels"]),
         "ferflow.test_hash": array_digest(clean["images"][is_test], clean["labels"][is_test]),
         "ferflow.classes": ",".join(str(name) for name in clean["class_names"]),
+        **quality_tags(clean),
     }
+
+
+def quality_tags(clean: dict[str, np.ndarray]) -> dict[str, str]:
+    """What validation found in the data (copies per pair of splits, label conflicts, where val and test came
+    from), as tags, so that runs show the leakage that was removed."""
+    if "quality" not in clean:
+        return {}
+    quality = json.loads(str(clean["quality"]))
+    duplicates = quality.get("duplicates", {})
+    tags = {f"ferflow.data.copies.{pair}": str(count) for pair, count in duplicates.get("pairs", {}).items()}
+    tags["ferflow.data.label_conflict_faces"] = str(duplicates.get("label_conflict_faces", 0))
+    tags["ferflow.data.malformed_rows"] = str(quality.get("malformed_rows", 0))
+    for split, provenance in quality.get("split_provenance", {}).items():
+        tags[f"ferflow.data.{split}_from"] = provenance[:500]
+    return tags
 
 
 def training_params(params: Params) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Row-level checks run on columns derived from each row (pixel count, range, sprea
 that built-in expectations can judge them; their ``unexpected_index_list`` names the offending rows,
 which is what the quarantine file is built from. Dataset-level checks (columns, class counts, duplicate
 rate) decide whether the dataset as a whole is usable.
+
+Duplicates are judged the way FER-2013 needs (it has about 1,850 exact copies, within and across its
+Usages): the test split is never edited, a train or val face that is also in the test split is quarantined
+from train/val (and a train face that is also in val from train), extra copies within one split are
+quarantined, and the same face under two labels is a label conflict (its train/val copies are quarantined;
+test rows stay). Malformed rows and duplicates have separate limits.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferflow.schema import COLUMNS, N_PIXELS, USAGES
+from ferflow.schema import COLUMNS, N_PIXELS, SPLIT_OF_USAGE, SPLITS, USAGES
 
 _INTEGER_TOKEN = re.compile(r"^\d+$")
 
@@ -38,17 +44,49 @@ class QualityReport:
     failed_dataset_checks: list[str]
     gx_results: dict[str, Any]
     expectation_rows: list[dict[str, Any]] = field(default_factory=list)
+    malformed_rows: set[int] = field(default_factory=set)
+    duplicates: DuplicateFindings | None = None
 
     @property
     def bad_rows(self) -> list[int]:
         return sorted(self.row_reasons)
 
 
+@dataclass
+class DuplicateFindings:
+    """Exact copies among the well-formed rows, and what was done about them.
+
+    ``pairs["train-test"]`` counts train rows that are copies of a test face, ``pairs["val-val"]`` extra
+    copies within val, and so on (the first split is the copy's, the second the face's it copies); ``test-test``
+    copies are counted but kept, since the test split is never edited.
+    """
+
+    frame: pd.DataFrame  # per well-formed row: copy_across_splits, copy_within_split, label_conflict, is_copy
+    reasons: dict[int, list[str]]
+    pairs: dict[str, int]
+    label_conflict_faces: int
+    label_conflict_rows: int
+    rows_checked: int
+
+    @property
+    def copies(self) -> int:
+        return int(self.frame["is_copy"].sum())
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "rows_checked": self.rows_checked,
+            "copies": self.copies,
+            "copy_fraction": round(self.copies / max(self.rows_checked, 1), 6),
+            "pairs": dict(self.pairs),
+            "label_conflict_faces": self.label_conflict_faces,
+            "label_conflict_rows": self.label_conflict_rows,
+        }
+
+
 def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
     """Per-row facts that turn image-level checks into column checks GX can run."""
-    counts, integers, lows, highs, spreads, duplicate_of = [], [], [], [], [], []
-    first_row_of_image: dict[str, int] = {}
-    for index, text in zip(table.index, table["pixels"], strict=True):
+    counts, integers, lows, highs, spreads, digests = [], [], [], [], [], []
+    for text in table["pixels"]:
         tokens = text.split() if isinstance(text, str) else []
         counts.append(len(tokens))
         is_integer = bool(tokens) and all(_INTEGER_TOKEN.match(token) for token in tokens)
@@ -63,10 +101,7 @@ def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
             highs.append(np.nan)
             spreads.append(np.nan)
         # Same tokens = same image, whatever the whitespace; an empty row is nobody's duplicate.
-        digest = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).hexdigest() if tokens else None
-        first = first_row_of_image.setdefault(digest, index) if digest else index
-        duplicate_of.append(first if first != index else np.nan)
-    is_duplicate = ~pd.isna(np.array(duplicate_of, dtype=float))
+        digests.append(hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).hexdigest() if tokens else None)
     return pd.DataFrame(
         {
             "emotion": table["emotion"].astype("string").str.strip().astype(object),
@@ -77,14 +112,13 @@ def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
             "pixel_min": lows,
             "pixel_max": highs,
             "pixel_std": spreads,
-            "is_duplicate": is_duplicate,
-            "duplicate_of": duplicate_of,
+            "digest": digests,
         },
         index=table.index,
     )
 
 
-def _row_expectations(gxe, class_labels: list[str], min_pixel_std: float, max_duplicate_fraction: float):
+def _row_expectations(gxe, class_labels: list[str], min_pixel_std: float):
     """(expectation, RowCheck) pairs; the order is the order reasons appear in the quarantine file."""
     return [
         (gxe.ExpectColumnValuesToNotBeNull(column="emotion"), RowCheck("emotion_not_null", "missing label")),
@@ -104,8 +138,82 @@ def _row_expectations(gxe, class_labels: list[str], min_pixel_std: float, max_du
          RowCheck("pixel_max", "pixel value above 255")),
         (gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=min_pixel_std),
          RowCheck("pixel_spread", f"near-blank or constant image (pixel std below {min_pixel_std:g})")),
-        (gxe.ExpectColumnValuesToBeInSet(column="is_duplicate", value_set=[False], mostly=1 - max_duplicate_fraction),
-         RowCheck("not_duplicate", "duplicate image")),
+    ]  # fmt: skip
+
+
+# Which copy of a face is kept: the test split is never edited, then val (model selection) wins over train.
+_KEEP_ORDER = {"test": 0, "val": 1, "train": 2}
+
+
+def find_duplicates(derived: pd.DataFrame, class_names: list[str]) -> DuplicateFindings:
+    """Exact copies among ``derived``'s rows (well-formed rows only), split by split.
+
+    Each face keeps one anchor row: its first test row, else its first val row, else its first train row.
+    Every other train/val row of that face is quarantined, naming the anchor; test rows are never removed.
+    """
+    splits = derived["Usage"].map(SPLIT_OF_USAGE)
+    frame = pd.DataFrame(
+        {"digest": derived["digest"], "emotion": derived["emotion"], "split": splits, "row": derived.index,
+         "keep_order": splits.map(_KEEP_ORDER)},
+        index=derived.index,
+    )  # fmt: skip
+    ordered = frame.sort_values(["keep_order", "row"], kind="stable")
+    groups = ordered.groupby("digest", sort=False)
+    ordered["anchor"] = groups["row"].transform("first")
+    ordered["labels"] = groups["emotion"].transform("nunique")
+    ordered = ordered.loc[frame.index]
+    anchor_split = ordered["split"].loc[ordered["anchor"]].to_numpy()
+    is_copy = (ordered["row"] != ordered["anchor"]).to_numpy()
+    removable = (ordered["split"] != "test").to_numpy()
+    across = is_copy & removable & (anchor_split != ordered["split"].to_numpy())
+    within = is_copy & removable & (anchor_split == ordered["split"].to_numpy())
+    conflict = (ordered["labels"] > 1).to_numpy() & removable
+
+    def name(label: str) -> str:
+        return class_names[int(label)] if label.isdigit() and int(label) < len(class_names) else repr(label)
+
+    reasons: dict[int, list[str]] = {}
+    for row, anchor, split, a_split in zip(ordered["row"][across | within], ordered["anchor"][across | within],
+                                           ordered["split"][across | within], anchor_split[across | within],
+                                           strict=True):  # fmt: skip
+        if split == a_split:
+            reasons.setdefault(int(row), []).append(f"duplicate image (same pixels as {a_split} row {anchor})")
+        else:
+            reasons.setdefault(int(row), []).append(
+                f"copy of {a_split} row {anchor} (would leak the {a_split} split into {split})"
+            )
+    conflicting = ordered[ordered["labels"] > 1]
+    for _, group in conflicting.sort_values(["keep_order", "row"]).groupby("digest", sort=False):
+        for row, split, label in zip(group["row"], group["split"], group["emotion"], strict=True):
+            if split == "test":
+                continue
+            other = group[group["emotion"] != label].iloc[0]
+            reasons.setdefault(int(row), []).append(
+                f"label conflict: same face labelled {name(other['emotion'])} in {other['split']} row {other['row']}"
+            )
+
+    pairs = {f"{a}-{b}": 0 for a in SPLITS for b in SPLITS if _KEEP_ORDER[a] >= _KEEP_ORDER[b]}
+    for split, a_split in zip(ordered["split"][is_copy], anchor_split[is_copy], strict=True):
+        pairs[f"{split}-{a_split}"] += 1
+    checks = pd.DataFrame({"copy_across_splits": across, "copy_within_split": within, "label_conflict": conflict,
+                           "is_copy": is_copy}, index=derived.index)  # fmt: skip
+    return DuplicateFindings(
+        frame=checks,
+        reasons=reasons,
+        pairs=pairs,
+        label_conflict_faces=int(conflicting["digest"].nunique()),
+        label_conflict_rows=int((ordered["labels"] > 1).sum()),
+        rows_checked=len(derived),
+    )
+
+
+def _duplicate_expectations(gxe, max_duplicate_fraction: float) -> list[tuple[Any, str]]:
+    return [
+        (gxe.ExpectColumnValuesToBeInSet(column="copy_across_splits", value_set=[False]), "no_leak_across_splits"),
+        (gxe.ExpectColumnValuesToBeInSet(column="copy_within_split", value_set=[False]), "no_copy_within_split"),
+        (gxe.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False]), "no_label_conflict"),
+        (gxe.ExpectColumnValuesToBeInSet(column="is_copy", value_set=[False], mostly=1 - max_duplicate_fraction),
+         "duplicate_rate"),
     ]  # fmt: skip
 
 
@@ -169,7 +277,11 @@ def check_table(
     min_pixel_std: float,
     max_duplicate_fraction: float,
 ) -> QualityReport:
-    """Run the three GX suites (columns, rows, class counts) on ``table``; collect reasons per bad row."""
+    """Run the GX suites (columns, rows, duplicates, class counts) on ``table``; collect reasons per bad row.
+
+    Duplicates are looked for among the well-formed rows only, so a broken or blank row counts once, as
+    malformed, and never as somebody's copy.
+    """
     gx, context = _gx_context()
     import great_expectations.expectations as gxe
 
@@ -189,24 +301,32 @@ def check_table(
 
     derived = derive_row_columns(table)
     labels = [str(i) for i in range(len(class_names))]
-    pairs = _row_expectations(gxe, labels, min_pixel_std, max_duplicate_fraction)
+    pairs = _row_expectations(gxe, labels, min_pixel_std)
     row_checks = [expectation for expectation, _ in pairs]
     rows_result = _validate(gx, context, "rows", derived, row_checks)
     gx_results["rows"] = rows_result.to_json_dict()
     expectation_rows += _summarise(rows_result, row_checks, "rows", [check.name for _, check in pairs])
 
     row_reasons: dict[int, list[str]] = {}
-    failed: list[str] = []
     for (_, check), item in zip(pairs, _by_expectation(rows_result, row_checks), strict=True):
         for index in item.result.get("unexpected_index_list") or []:
-            reason = check.reason
-            if check.name == "not_duplicate":
-                reason = f"duplicate image (same pixels as row {int(derived.at[index, 'duplicate_of'])})"
-            row_reasons.setdefault(int(index), []).append(reason)
-        if check.name == "not_duplicate" and not item.success:
-            rate = item.result.get("unexpected_percent", 0.0)
-            failed.append(f"duplicate rate {rate:.1f}% exceeds validate.max_duplicate_fraction "
-                          f"{max_duplicate_fraction:.1%}")  # fmt: skip
+            row_reasons.setdefault(int(index), []).append(check.reason)
+    malformed = set(row_reasons)
+
+    failed: list[str] = []
+    well_formed = derived.loc[~derived.index.isin(list(malformed))]
+    duplicates = find_duplicates(well_formed, class_names)
+    duplicate_checks = _duplicate_expectations(gxe, max_duplicate_fraction)
+    expectations = [expectation for expectation, _ in duplicate_checks]
+    duplicates_result = _validate(gx, context, "duplicates", duplicates.frame, expectations)
+    gx_results["duplicates"] = duplicates_result.to_json_dict()
+    expectation_rows += _summarise(duplicates_result, expectations, "duplicates", [n for _, n in duplicate_checks])
+    for row, reasons in duplicates.reasons.items():
+        row_reasons.setdefault(row, []).extend(reasons)
+    if not _by_expectation(duplicates_result, expectations)[-1].success:
+        failed.append(f"duplicate rate {duplicates.copies / max(len(well_formed), 1):.1%} ({duplicates.copies} copies "
+                      f"in {len(well_formed)} well-formed rows) exceeds validate.max_duplicate_fraction "
+                      f"{max_duplicate_fraction:.1%}")  # fmt: skip
 
     clean_labels = derived.loc[~derived.index.isin(list(row_reasons)), "emotion"]
     counts = pd.DataFrame({
@@ -221,4 +341,4 @@ def check_table(
         short = counts[counts["count"] < min_class_count]
         listing = ", ".join(f"{row.class_name} ({row.count})" for row in short.itertuples())
         failed.append(f"classes below validate.min_class_count={min_class_count} clean rows: {listing}")
-    return QualityReport(not failed, row_reasons, failed, gx_results, expectation_rows)
+    return QualityReport(not failed, row_reasons, failed, gx_results, expectation_rows, malformed, duplicates)

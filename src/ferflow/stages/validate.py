@@ -1,9 +1,14 @@
 """Stage ``validate``: the data-quality gate (Great Expectations) and the clean arrays for training.
 
 Rows failing a row-level check are written to the quarantine file with every reason that applies and
-never silently dropped. The stage fails (non-zero exit) when the bad fraction exceeds
-``validate.max_bad_fraction`` or a dataset-level expectation fails; then the clean arrays are not written,
-but the quarantine file, GX result and summary are, so that the failure can be inspected.
+never silently dropped. Two gates fail the stage (non-zero exit): malformed rows above
+``validate.max_malformed_fraction`` (a broken file) and copies above ``validate.max_duplicate_fraction``; so
+does a class below ``validate.min_class_count``. Then the clean arrays are not written, but the quarantine
+file, GX result and summary are, so that the failure can be inspected.
+
+Duplicates never edit the test split: train/val copies of a test face (and train copies of a val face) are
+quarantined instead, so nothing leaks into training or model selection; the counts per pair of splits are
+in the summary, the metrics and the clean arrays (``quality``, which the train stage tags on its run).
 
 Usages become splits (Training -> train, PublicTest -> val, PrivateTest -> test). A missing PublicTest or
 PrivateTest (the real sample in ``../shared/data`` has no PrivateTest) is carved from Training, stratified,
@@ -12,6 +17,7 @@ and the metrics and summary say so.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +74,14 @@ def _summary_markdown(facts: dict[str, Any], report: QualityReport, quarantine: 
         "# Data validation (Great Expectations)",
         "",
         f"**Result: {'PASSED' if facts['passed'] else 'FAILED'}**: {facts['rows']} rows, "
-        f"{facts['quarantined_rows']} quarantined ({facts['bad_fraction']:.2%}; "
-        f"limit {facts['max_bad_fraction']:.2%}).",
+        f"{facts['quarantined_rows']} quarantined: {facts['malformed_rows']} malformed "
+        f"({facts['malformed_fraction']:.2%}; limit {facts['max_malformed_fraction']:.2%}), "
+        f"{facts['duplicates'].get('copies', 0)} copies of another row "
+        f"({facts['duplicates'].get('copy_fraction', 0):.2%}; limit {facts['max_duplicate_fraction']:.2%}).",
         "",
     ]
+    if facts.get("note"):
+        lines += [f"> Note: {facts['note']}", ""]
     if report.failed_dataset_checks:
         lines += ["Failed dataset checks:", *[f"- {failure}" for failure in report.failed_dataset_checks], ""]
     lines += ["| suite | check | column | result | unexpected rows |", "|---|---|---|---|---|"]
@@ -80,17 +90,43 @@ def _summary_markdown(facts: dict[str, Any], report: QualityReport, quarantine: 
         lines.append(f"| {row['suite']} | {row['check']} | {row['column']} | {result} | {row['unexpected']} |")
     if not quarantine.empty:
         lines += ["", "Quarantine reasons:", ""]
-        # "duplicate image (same pixels as row 12)" and "... row 40)" are one kind of problem here.
+        # "... as train row 12" and "... as train row 40" are one kind of problem here.
         kinds = (
-            quarantine["reason"].str.split("; ").explode().str.replace(r" \(same pixels as row \d+\)", "", regex=True)
-        )
+            quarantine["reason"].str.split("; ").explode()
+            .str.replace(r"row \d+", "row N", regex=True)
+            .str.replace(r"labelled \S+ in", "labelled otherwise in", regex=True)
+        )  # fmt: skip
         reasons = kinds.value_counts()
         lines += [f"- {reason}: {count} row(s)" for reason, count in reasons.items()]
+    if facts["duplicates"]:
+        lines += ["", "Exact copies by pair of splits (the copy's split, then the split of the face it copies; "
+                  "test rows are never removed):", "", "| pair | rows | action |", "|---|---|---|"]  # fmt: skip
+        for pair, count in facts["duplicates"]["pairs"].items():
+            copy_split, face_split = pair.split("-")
+            action = "kept (the test split is never edited)" if copy_split == "test" else "quarantined"
+            lines.append(f"| {copy_split} copy of a {face_split} face | {count} | {action} |")
+        lines.append(f"| same face, different labels | {facts['duplicates']['label_conflict_faces']} faces, "
+                     f"{facts['duplicates']['label_conflict_rows']} rows | train/val rows quarantined |")  # fmt: skip
     if "split_sizes" in facts:
         lines += ["", "| split | rows | from |", "|---|---|---|"]
         for split in SPLITS:
             lines.append(f"| {split} | {facts['split_sizes'][split]} | {facts['split_provenance'][split]} |")
     return "\n".join(lines) + "\n"
+
+
+def _note(duplicates: dict[str, Any], malformed: int) -> str:
+    """The line a user should not miss when the data passed with known defects (as FER-2013 does)."""
+    parts = []
+    if duplicates.get("copies"):
+        pairs = ", ".join(f"{pair} {count}" for pair, count in duplicates["pairs"].items() if count)
+        removed = sum(count for pair, count in duplicates["pairs"].items() if not pair.startswith("test-"))
+        parts.append(f"{duplicates['copies']} exact copies ({duplicates['copy_fraction']:.1%}; {pairs}): {removed} "
+                     "train/val rows quarantined, test rows kept")  # fmt: skip
+    if duplicates.get("label_conflict_faces"):
+        parts.append(f"{duplicates['label_conflict_faces']} faces carry two labels (label conflicts)")
+    if malformed:
+        parts.append(f"{malformed} malformed or blank rows quarantined")
+    return "; ".join(parts)
 
 
 def run(
@@ -114,17 +150,23 @@ def run(
         max_duplicate_fraction=params.max_duplicate_fraction,
     )
     quarantined = _quarantine_frame(table, report)
-    bad_fraction = len(report.row_reasons) / max(len(table), 1)
+    malformed_fraction = len(report.malformed_rows) / max(len(table), 1)
     failures = list(report.failed_dataset_checks)
-    if bad_fraction > params.max_bad_fraction:
-        failures.insert(0, f"{len(report.row_reasons)} of {len(table)} rows ({bad_fraction:.2%}) failed row checks, "
-                           f"above validate.max_bad_fraction {params.max_bad_fraction:.2%}")  # fmt: skip
+    if malformed_fraction > params.max_malformed_fraction:
+        failures.insert(0, f"{len(report.malformed_rows)} of {len(table)} rows ({malformed_fraction:.2%}) are "
+                           f"malformed or blank, above validate.max_malformed_fraction "
+                           f"{params.max_malformed_fraction:.2%}")  # fmt: skip
+    duplicates = report.duplicates.facts() if report.duplicates else {}
     facts: dict[str, Any] = {
         "passed": not failures,
         "rows": len(table),
         "quarantined_rows": len(report.row_reasons),
-        "bad_fraction": round(bad_fraction, 6),
-        "max_bad_fraction": params.max_bad_fraction,
+        "malformed_rows": len(report.malformed_rows),
+        "malformed_fraction": round(malformed_fraction, 6),
+        "max_malformed_fraction": params.max_malformed_fraction,
+        "max_duplicate_fraction": params.max_duplicate_fraction,
+        "duplicates": duplicates,
+        "note": _note(duplicates, len(report.malformed_rows)),
         "class_names": class_names,
     }
 
@@ -161,8 +203,13 @@ def run(
         splits=splits,
         class_names=np.array(class_names),
         source_rows=clean.index.to_numpy(dtype=np.int64),
+        # What validation found, carried with the arrays so that training runs can be tagged with it.
+        quality=np.array(json.dumps({"duplicates": duplicates, "malformed_rows": len(report.malformed_rows),
+                                     "split_provenance": facts["split_provenance"]}, sort_keys=True)),
     )
     write_json(metrics, facts)
     sizes = ", ".join(f"{k} {v}" for k, v in facts["split_sizes"].items())
     print(f"validate: passed; {facts['quarantined_rows']} row(s) quarantined; splits: {sizes} -> {clean_arrays}")
+    if facts["note"]:
+        print(f"validate: note: {facts['note']} (see {summary})")
     return facts
