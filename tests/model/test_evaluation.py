@@ -40,10 +40,24 @@ def test_tta_views_mirror_and_crop():
     gradient = np.tile((np.arange(48) * 4).astype(np.uint8), (48, 1))  # 0 at the left edge, 188 at the right
     images = np.stack([gradient, gradient[::-1]])
     assert len(tta_views(images, flip=False, crops=0, crop_fraction=0.9)) == 1
-    views = tta_views(images, flip=True, crops=5, crop_fraction=0.5)
+    views = tta_views(images, flip=True, crops=5, crop_fraction=0.5, mode="zoom")
     assert len(views) == 12 and all(view.shape == (2, 48, 48) for view in views)
     np.testing.assert_array_equal(views[0], images)
     np.testing.assert_array_equal(views[6], images[:, :, ::-1])
     centre, top_left, top_right = views[1][0], views[2][0], views[3][0]
     assert abs(int(centre[:, 0].mean()) - 48) <= 4 and abs(int(centre[:, -1].mean()) - 140) <= 4  # columns 12-35
     assert top_left[:, 0].mean() <= 4 and abs(int(top_right[:, -1].mean()) - 188) <= 4
+
+
+def test_shift_crops_keep_the_scale_and_move_the_face():
+    """Shift crops (the default) are 48x48 windows of the edge-padded face: no resizing, only a move."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 48, 48), dtype=np.uint8)
+    views = tta_views(images, flip=False, crops=5, crop_fraction=0.9)  # margin 5 px: shifts of 3 px
+    assert len(views) == 6
+    top_left, top_right, bottom_left, bottom_right, centre = views[1:]
+    np.testing.assert_array_equal(centre, images)
+    np.testing.assert_array_equal(top_left[:, 3:, 3:], images[:, :-3, :-3])  # the face moved down-right
+    np.testing.assert_array_equal(bottom_right[:, :-3, :-3], images[:, 3:, 3:])
+    np.testing.assert_array_equal(top_right[:, 3:, :-3], images[:, :-3, 3:])
+    np.testing.assert_array_equal(bottom_left[:, :-3, 3:], images[:, 3:, :-3])

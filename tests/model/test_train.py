@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from ferflow.errors import ParamsError
-from ferflow.io import read_json, write_npz
+from ferflow.io import read_json, read_npz, write_npz
 from ferflow.params import parse_params
 from ferflow.schema import EMOTIONS
 from ferflow.stages import cv, evaluate, train
+from tests.conftest import PIXEL_STEP, pixel_reader
 
 TINY = {
     "model": {"architecture": "vgg", "width": 4, "depth": 2, "dense_units": 8},
@@ -145,7 +146,10 @@ def test_evaluate_writes_metrics_plots_and_logs_into_the_training_run(repo):
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "confusion_matrix.png", "confusion_matrix_normalised.png", "samples_correct.png", "samples_incorrect.png",
     ]  # fmt: skip
-    assert "test-time augmentation: flip=True" in (out / "report.txt").read_text()
+    report = (out / "report.txt").read_text()
+    assert "test-time augmentation (flip)" in report or "test-time augmentation: used" in report
+    assert written["val"]["rows"] == int((read_npz(repo / "clean.npz")["splits"] == "val").sum())
+    assert written["tta"]["setting"] == "flip" and 0.0 <= written["val"]["accuracy"] <= 1.0
 
     client = client_for(repo)
     run = client.get_run(facts["run_id"])
@@ -153,9 +157,43 @@ def test_evaluate_writes_metrics_plots_and_logs_into_the_training_run(repo):
     assert run.data.metrics["test_accuracy"] == pytest.approx(written["accuracy"])
     assert run.data.metrics["test_f1_macro"] == pytest.approx(written["f1_macro"])
     assert "test_f1_disgust" in run.data.metrics and run.data.tags["ferflow.evaluated"] == "true"
+    assert run.data.metrics["valid_accuracy"] == pytest.approx(written["val"]["accuracy"])
+    assert run.data.metrics["valid_tta_accuracy"] == pytest.approx(written["tta"]["val_accuracy_tta"])
     logged = {item.path for item in client.list_artifacts(facts["run_id"], "evaluate")}
     assert {"evaluate/confusion_matrix.json", "evaluate/confusion_matrix.png", "evaluate/classification_report.txt",
             "evaluate/samples_incorrect.png", "evaluate/per_class.json"} <= logged  # fmt: skip
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_tta_that_lowers_val_accuracy_is_never_silent(repo, capsys, guard):
+    """A model that reads the class from the top-left pixel is perfect on plain faces; the mirror puts another
+    class there, so flip TTA lowers val accuracy. The guard drops it; without the guard it is used, with a
+    warning either way."""
+    clean = read_npz(repo / "clean.npz")
+    flat = clean["images"].reshape(len(clean["images"]), -1)
+    flat[:, 0] = clean["labels"] * PIXEL_STEP
+    flat[:, 47] = (clean["labels"] + 1) % 7 * PIXEL_STEP  # what the mirrored face shows in that pixel
+    write_npz(repo / "clean.npz", **clean)
+    run_train(repo, train={"epochs": 1})
+    pixel_reader(0).save(repo / "models" / "model.keras")
+    out = repo / "eval"
+    metrics = evaluate.run(
+        parse_params({"evaluate": {"tta": {"flip": True, "guard": guard}, "sample_faces": 6}}).evaluate,
+        repo / "models" / "model.keras", repo / "clean.npz", repo / "run.json", out / "metrics.json",
+        out / "records.json", out / "confusion.json", out / "report.txt", out / "plots", repo,
+    )  # fmt: skip
+    assert metrics["val"]["accuracy"] == 1.0 and metrics["accuracy"] == 1.0
+    assert metrics["tta"]["val_accuracy_tta"] < 1.0
+    warning = capsys.readouterr().err
+    assert "evaluate: WARNING: test-time augmentation" in warning and "val accuracy 1.0000 without" in warning
+    run = client_for(repo).get_run(read_json(repo / "run.json")["run_id"])
+    assert run.data.tags["ferflow.evaluate.tta_used"] == str(not guard).lower()
+    if guard:
+        assert not metrics["tta"]["used"] and "NOT used on test" in (out / "report.txt").read_text()
+        assert "test_tta_accuracy" not in run.data.metrics
+    else:
+        assert metrics["tta"]["used"] and metrics["tta"]["test"]["accuracy"] < 1.0
+        assert run.data.metrics["test_tta_accuracy"] < 1.0
 
 
 def test_cv_logs_a_parent_run_with_one_nested_run_per_fold(repo):

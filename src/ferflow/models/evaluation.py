@@ -11,33 +11,55 @@ from sklearn import metrics as skm
 from ferflow.schema import IMAGE_SIZE
 
 
-def tta_views(images: np.ndarray, flip: bool, crops: int, crop_fraction: float) -> list[np.ndarray]:
+def tta_views(
+    images: np.ndarray, flip: bool, crops: int, crop_fraction: float, mode: str = "shift"
+) -> list[np.ndarray]:
     """The views of each image that test-time augmentation averages over: the image itself, its mirror
-    (``flip``), and ``crops`` crops (centre, then the four corners) of ``crop_fraction`` of the side,
-    resized back to 48x48 (and mirrored too with ``flip``)."""
+    (``flip``), and ``crops`` more views (mirrored too with ``flip``).
+
+    ``mode="shift"`` takes 48x48 crops of the image padded by its edge pixels: the four corners (the face moved
+    diagonally by half the margin ``48 * (1 - crop_fraction)``), then the centre (the image itself). The face
+    keeps its scale, which is what a model trained without zoom has seen. ``mode="zoom"`` crops
+    ``crop_fraction`` of the side (centre, then corners) and resizes it back to 48x48: it zooms in, which only
+    helps a model trained with zoom augmentation.
+    """
     from PIL import Image
 
     views = [images]
     side = max(1, round(IMAGE_SIZE * crop_fraction))
     margin = IMAGE_SIZE - side
-    corners = [(margin // 2, margin // 2), (0, 0), (0, margin), (margin, 0), (margin, margin)][:crops]
-    for top, left in corners:
-        cropped = images[:, top : top + side, left : left + side]
-        views.append(np.stack([
-            np.asarray(Image.fromarray(face).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)) for face in cropped
-        ]))  # fmt: skip
+    if mode == "shift":
+        pad = max(1, -(-margin // 2))
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        corners = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)][:crops]
+        views += [padded[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE] for top, left in corners]
+    else:
+        corners = [(margin // 2, margin // 2), (0, 0), (0, margin), (margin, 0), (margin, margin)][:crops]
+        for top, left in corners:
+            cropped = images[:, top : top + side, left : left + side]
+            views.append(np.stack([
+                np.asarray(Image.fromarray(face).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)) for face in cropped
+            ]))  # fmt: skip
     if flip:
         views += [view[:, :, ::-1] for view in views]
     return views
 
 
 def predict_with_tta(model, images: np.ndarray, flip: bool = False, crops: int = 0, crop_fraction: float = 0.9,
-                     batch_size: int = 256) -> np.ndarray:  # fmt: skip
+                     mode: str = "shift", batch_size: int = 256) -> np.ndarray:  # fmt: skip
     """Class probabilities averaged over the TTA views; one batched model call per view."""
     from ferflow.models.training import predict_proba
 
-    views = tta_views(images, flip, crops, crop_fraction)
+    views = tta_views(images, flip, crops, crop_fraction, mode)
     return np.mean([predict_proba(model, view, batch_size) for view in views], axis=0)
+
+
+def describe_tta(flip: bool, crops: int, crop_fraction: float, mode: str) -> str:
+    """How a TTA setting reads in logs, tags and model cards ("none" when it adds no view)."""
+    if not (flip or crops):
+        return "none"
+    parts = (["flip"] if flip else []) + ([f"{crops} {mode} crops at {crop_fraction:g}"] if crops else [])
+    return " + ".join(parts)
 
 
 def classification_metrics(labels: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
