@@ -19,6 +19,7 @@ from ferflow.data.table import make_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "fer2013-dev.csv.gz"
+REAL_FULL = REPO_ROOT.parent / "shared" / "data" / "fer2013-train-publictest.csv.gz"
 
 
 @functools.cache
@@ -59,11 +60,36 @@ def photo_with(face: np.ndarray) -> np.ndarray:
     return canvas
 
 
+PIXEL_STEP = 30  # pixel value 30 * k reads as class k to a pixel_reader
+
+
+def pixel_reader(pixel: int):
+    """A Keras model whose answer is the class written in one pixel of the face (value ``30 * k``), whatever
+    else the face holds: a model whose predictions a test chooses face by face."""
+    import keras
+
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")])
+    kernel = np.zeros((48 * 48, 7), np.float32)
+    classes = np.arange(7, dtype=np.float32)
+    # logits_j = 10 * (2 j x - j^2) with x = value / 30: the largest is the class nearest to x.
+    kernel[pixel] = 10 * 2 * classes * 255 / PIXEL_STEP
+    model.layers[-1].set_weights([kernel, -10 * classes**2])
+    return model
+
+
 @pytest.fixture
 def real_sample() -> Path:
     if not REAL_SAMPLE.is_file():
         pytest.skip(f"real FER-2013 sample not present at {REAL_SAMPLE}")
     return REAL_SAMPLE
+
+
+@pytest.fixture
+def real_full() -> Path:
+    """All of FER-2013's Training and PublicTest (no PrivateTest), when ``../shared/data`` has it."""
+    if not REAL_FULL.is_file():
+        pytest.skip(f"real FER-2013 file not present at {REAL_FULL}")
+    return REAL_FULL
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):

@@ -21,7 +21,7 @@ from ferflow.io import read_json
 from ferflow.params import Params
 
 PROMOTED, KEPT, FAILED, BUSY = 0, 10, 1, 75
-KEY_METRICS = ("test_f1_macro", "test_accuracy")
+KEY_METRICS = ("valid_f1_macro", "test_f1_macro", "test_accuracy")
 
 
 def _client(repo_root: Path):
@@ -32,7 +32,7 @@ def _client(repo_root: Path):
 
 
 def promote_command(params: Params, repo_root: Path, rollback: bool, clean_arrays: Path) -> int:
-    from ferflow.stages.register import champion_rescorer
+    from ferflow.stages.register import test_faces, write_model_card
 
     settings = params.registry
     client = _client(repo_root)
@@ -41,10 +41,13 @@ def promote_command(params: Params, repo_root: Path, rollback: bool, clean_array
         print(f"promote: {decision.reason}")
         return PROMOTED
     clean = clean_arrays if clean_arrays.is_absolute() else repo_root / clean_arrays
-    rescore = (
-        champion_rescorer(settings.model_name, clean, settings.metric, params.evaluate.tta) if clean.is_file() else None
-    )
-    decision = registry.promote(client, settings.model_name, settings.metric, settings.promotion_margin, rescore)
+    predict, labels = test_faces(settings.model_name, clean) if clean.is_file() else (None, None)
+    decision = registry.promote(client, settings.model_name, settings.gate, predict, labels)
+    challenger = registry.alias_version(client, settings.model_name, registry.CHALLENGER)
+    if challenger is not None and challenger.run_id:
+        # The card shows the gate's verdict: rewrite it now that the gate has run.
+        run = client.get_run(challenger.run_id)
+        write_model_card(client, settings.model_name, challenger.version, run, run.info.experiment_id, None)
     print(f"promote: {decision.reason}")
     return PROMOTED if decision.promoted else KEPT
 
@@ -59,12 +62,13 @@ def models_command(params: Params, repo_root: Path, as_json: bool) -> None:
         print(f"no versions of {name!r} are registered yet: run `dvc repro` (or `make repro`)")
         return
     print(f"registered model {name}")
-    header = f"{'version':>7}  {'aliases':<20} {'f1_macro':>8} {'accuracy':>8}  {'architecture':<13} {'device':<6} "
+    header = (f"{'version':>7}  {'aliases':<20} {'val_f1':>8} {'test_f1':>8} {'test_acc':>8}  {'architecture':<13} "
+              f"{'device':<6} ")  # fmt: skip
     print(header + f"{'created':<16}  run")
     for row in rows:
         created = dt.datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M")
-        f1, accuracy = (f"{row[m]:.4f}" if row[m] is not None else "n/a" for m in KEY_METRICS)
-        print(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<20} {f1:>8} {accuracy:>8}  "
+        val_f1, f1, accuracy = (f"{row[m]:.4f}" if row[m] is not None else "n/a" for m in KEY_METRICS)
+        print(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<20} {val_f1:>8} {f1:>8} {accuracy:>8}  "
               f"{row['architecture']:<13} {row['device']:<6} {created:<16}  {row['run_id']}")  # fmt: skip
 
 

@@ -41,6 +41,21 @@ def _cv_run(client, experiment_id: str, run) -> Any | None:
     return None
 
 
+def _gate_text(version) -> str:
+    """The promotion gate's verdict on this version, from the tags the gate wrote on it."""
+    tags = version.tags
+    if "gate" not in tags:
+        return "The gate has not judged this version yet (`ferflow promote` runs it)."
+    if "gate.p_value" not in tags:
+        return f"{tags['gate'][:1].upper()}{tags['gate'][1:]}."
+    outcome = "promoted" if tags.get("gate.promoted") == "true" else "not promoted"
+    return (f"Compared with champion version {tags.get('gate.champion_version')} on the same "
+            f"{tags.get('gate.faces')} test faces ({tags.get('gate.test')} test on {tags.get('gate.metric')}): "
+            f"difference {float(tags['gate.difference']):+.4f}, one-sided p = {float(tags['gate.p_value']):.4f}, "
+            f"interval [{float(tags['gate.ci_low']):+.4f}, {float(tags['gate.ci_high']):+.4f}]: {outcome}. "
+            f"Details: {tags['gate']}.")  # fmt: skip
+
+
 def build_model_card(client, name: str, version, run, experiment_id: str) -> str:
     run_id = run.info.run_id
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
@@ -58,8 +73,8 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
         f"# Model card: {name} version {version.version}",
         "",
         f"{params.get('model.architecture', '?')} trained {trained} on {tags.get('ferflow.device_type', '?')} "
-        f"({tags.get('ferflow.device_name', '?')}); test accuracy {metric('test_accuracy')}, "
-        f"macro-F1 {metric('test_f1_macro')}. MLflow run `{run_id}`.",
+        f"({tags.get('ferflow.device_name', '?')}); chosen on val (macro-F1 {metric('valid_f1_macro')}); "
+        f"test accuracy {metric('test_accuracy')}, macro-F1 {metric('test_f1_macro')}. MLflow run `{run_id}`.",
         "",
         "## Intended use",
         "",
@@ -86,6 +101,24 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
     if counts:
         out += ["", _table(["class", *counts], [[c, *(counts[s].get(c, 0) for s in counts)] for c in class_names])]
         out += ["", f"Training images after class balancing: {params.get('data.train_rows', '?')}."]
+    copies = {key.rsplit(".", 1)[1]: value for key, value in tags.items() if key.startswith("ferflow.data.copies.")}
+    if copies:
+        found = ", ".join(f"{pair} {count}" for pair, count in copies.items() if count != "0") or "none"
+        out += ["", f"Exact copies found by validation (copy's split - split of the face it copies): {found}. "
+                "Train and val copies were removed so that no test face leaks into training or model selection; "
+                "test rows were kept as they are. Faces with two labels: "
+                f"{tags.get('ferflow.data.label_conflict_faces', '0')}."]  # fmt: skip
+    out += [
+        "",
+        "## How each split was used",
+        "",
+        f"- **train** ({tags.get('ferflow.data.train_from', 'Usage Training')}): fitting the weights.",
+        f"- **val** ({tags.get('ferflow.data.val_from', 'Usage PublicTest')}): choosing the epoch (lowest val "
+        "loss) and early stopping, judging test-time augmentation, and ranking the eligible runs for registration "
+        f"(`{version.tags.get('ranked_by', 'register.metric')}`).",
+        f"- **test** ({tags.get('ferflow.data.test_from', 'Usage PrivateTest')}): reported below, once, and used by "
+        "the promotion gate to compare this version with the champion on the same faces. It chose nothing else.",
+    ]
     out += [
         "",
         "## Training",
@@ -105,18 +138,22 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
         f"epochs (best epoch {metrics.get('best_epoch', float('nan')) + 1:.0f}, lowest validation loss). "
         f"Git commit `{tags.get('ferflow.git_commit', '?')}`.",
         "",
-        "## Evaluation (test split, reported once)",
+        "## Evaluation",
+        "",
+        "The model as registered and served (no test-time augmentation):",
         "",
         _table(
-            ["metric", "value"],
-            [
-                [key.removeprefix("test_"), metric(key)]
-                for key in ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_auc", "test_loss")
-            ],
+            ["metric", "val", "test"],
+            [[key, metric(f"valid_{key}"), metric(f"test_{key}")]
+             for key in ("accuracy", "f1_macro", "f1_weighted", "auc", "loss")],
         ),  # fmt: skip
         "",
-        f"Test-time augmentation: {tags.get('ferflow.evaluate.tta', 'none')}.",
+        f"Test-time augmentation ({tags.get('ferflow.evaluate.tta', 'none')}): "
+        f"{tags.get('ferflow.evaluate.tta_verdict', 'none configured')}.",
     ]
+    if tags.get("ferflow.evaluate.tta_used") == "true":
+        out += ["", f"With it: test accuracy {metric('test_tta_accuracy')}, macro-F1 {metric('test_tta_f1_macro')} "
+                f"(val accuracy {metric('valid_tta_accuracy')})."]  # fmt: skip
     if per_class:
         out += ["", _table(["class", "precision", "recall", "F1", "support"],
                            [[c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
@@ -125,6 +162,7 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
         names = confusion["class_names"]
         matrix = [[n, *row] for n, row in zip(names, confusion["counts"], strict=True)]
         out += ["", "Confusion matrix (rows: true class, columns: predicted):", "", _table(["", *names], matrix)]
+    out += ["", "## Promotion gate", "", _gate_text(version)]
     out += ["", "## Weaknesses", ""]
     if per_class and "test_f1_macro" in metrics:
         weak = [

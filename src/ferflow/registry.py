@@ -1,7 +1,11 @@
 """The MLflow Model Registry side of the lifecycle: eligible runs, registration, the promotion gate, rollback.
 
-Versions are promoted by alias: ``challenger`` points at the best eligible run's version, ``champion`` at the
-version in use. The registered model's tag ``ferflow.champion_history`` lists earlier champions (newest
+Versions are promoted by alias: ``challenger`` points at the best eligible run's version (ranked on val),
+``champion`` at the version in use. The gate predicts the same test faces with both and promotes only a
+challenger that is better by the margin and significantly so by a paired test
+(:mod:`ferflow.models.comparison`); the test's figures are recorded on the challenger version (``gate.*``).
+
+The registered model's tag ``ferflow.champion_history`` lists earlier champions (newest
 last), which is what ``rollback`` walks back through. Promotion changes one alias and reads it back; the
 history tag is written first, so an interruption at any point leaves ``champion`` on a valid version.
 """
@@ -18,18 +22,11 @@ from ferflow.errors import FerflowError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "ferflow.champion_history"
-LOWER_IS_BETTER = {"test_loss"}
+LOWER_IS_BETTER = {"valid_loss", "test_loss"}
 
 
 class RegistryError(FerflowError):
     """The registry cannot do what was asked (no eligible run, no challenger, nothing to roll back to)."""
-
-
-def better(metric: str, candidate: float, reference: float, margin: float = 0.0) -> bool:
-    """``candidate`` beats ``reference`` by at least ``margin`` in the metric's direction."""
-    if metric in LOWER_IS_BETTER:
-        return candidate <= reference - margin
-    return candidate >= reference + margin
 
 
 def eligible_runs(client, experiment_id: str, data_hash: str, classes: str, test_hash: str,
@@ -137,46 +134,56 @@ def _metric(version, metric: str) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def promote(client, name: str, metric: str, margin: float,
-            rescore: Callable[[Any], float] | None = None,
+def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None, labels=None,
             on_step: Callable[[str], None] | None = None) -> Decision:  # fmt: skip
-    """Move ``champion`` to the ``challenger`` version if it beats the champion by ``margin`` on the same test
-    data, or if there is no champion. Otherwise nothing changes.
-
-    Versions judged on different test splits are not comparable by their logged metrics: then ``rescore``
-    (a function scoring a version on the challenger's test split) is used for the champion, and without
-    it the gate refuses.
+    """Move ``champion`` to the ``challenger`` version if there is no champion, or if on the same test faces
+    (``labels``; ``predict(version)`` gives a version's predicted labels there) the challenger beats the
+    champion by ``gate.margin`` in ``gate.metric`` and the paired ``gate.test`` finds it significant at
+    ``gate.alpha``. Otherwise nothing changes. The comparison is recorded on the challenger version.
     """
+    from ferflow.models.comparison import compare
+
     step = on_step or (lambda _name: None)
     challenger = alias_version(client, name, CHALLENGER)
     if challenger is None:
         raise RegistryError(f"registered model {name!r} has no {CHALLENGER!r} alias; run the register stage first")
     champion = alias_version(client, name, CHAMPION)
-    challenger_score = _metric(challenger, metric)
-    if challenger_score is None:
-        raise RegistryError(f"challenger version {challenger.version} has no {metric} tag")
     kept = str(champion.version) if champion is not None else None
     if kept == str(challenger.version):
-        return Decision(False, f"version {kept} is already the champion", kept, kept, {metric: challenger_score})
+        return Decision(False, f"version {kept} is already the champion", kept, kept)
+    scores: dict[str, float] = {}
     if champion is not None:
         if champion.tags.get("classes") != challenger.tags.get("classes"):
             return Decision(False, f"champion version {kept} reads other classes ({champion.tags.get('classes')}) "
                             f"than challenger version {challenger.version} ({challenger.tags.get('classes')}); "
                             "they are not comparable; champion kept", kept, kept)  # fmt: skip
-        same_test = champion.tags.get("test_hash") == challenger.tags.get("test_hash")
-        champion_score = _metric(champion, metric) if same_test else None
-        if champion_score is None and rescore is not None:
-            champion_score = rescore(champion)
-        if champion_score is None:
-            return Decision(False, f"champion version {kept} has no {metric} on the challenger's test split; "
-                            "rerun the pipeline so the gate can score it there; champion kept", kept, kept)  # fmt: skip
-        scores = {f"challenger_{metric}": challenger_score, f"champion_{metric}": champion_score}
-        if not better(metric, challenger_score, champion_score, margin):
-            return Decision(False, f"challenger version {challenger.version} ({metric} {challenger_score:.4f}) does "
-                            f"not beat champion version {kept} ({champion_score:.4f}) by the margin "
-                            f"{margin}; champion kept", kept, kept, scores)  # fmt: skip
+        if predict is None or labels is None:
+            return Decision(False, f"no test faces to compare champion version {kept} and challenger version "
+                            f"{challenger.version} on (pass the clean arrays); champion kept", kept, kept)  # fmt: skip
+        n_classes = len(challenger.tags.get("classes", "").split(","))
+        result = compare(labels, predict(champion), predict(challenger), test=gate.test, metric=gate.metric,
+                         n_classes=n_classes, alpha=gate.alpha, bootstrap_samples=gate.bootstrap_samples,
+                         seed=gate.seed)  # fmt: skip
+        scores = {key: value for key, value in result.as_dict().items() if isinstance(value, float)}
+        wins = result.difference >= gate.margin and result.p_value < gate.alpha
+        verdict = (f"{gate.metric} {result.candidate:.4f} vs champion version {kept}'s {result.reference:.4f} on the "
+                   f"same {result.faces} test faces: difference {result.difference:+.4f} (margin {gate.margin}), "
+                   f"{result.statistic}, one-sided p = {result.p_value:.4f} (alpha {gate.alpha}), "
+                   f"{1 - gate.alpha:.0%} interval [{result.ci_low:+.4f}, {result.ci_high:+.4f}]")  # fmt: skip
+        client.set_model_version_tag(name, challenger.version, "gate", verdict)
+        for key, value in {"gate.champion_version": kept, "gate.test": result.test, "gate.metric": result.metric,
+                           "gate.difference": f"{result.difference:.6g}", "gate.p_value": f"{result.p_value:.6g}",
+                           "gate.ci_low": f"{result.ci_low:.6g}", "gate.ci_high": f"{result.ci_high:.6g}",
+                           "gate.faces": str(result.faces), "gate.promoted": str(wins).lower()}.items():  # fmt: skip
+            client.set_model_version_tag(name, challenger.version, key, value)
+        if not wins:
+            why = "not better by the margin" if result.difference < gate.margin else "not significant"
+            return Decision(False, f"challenger version {challenger.version} kept out ({why}): {verdict}; "
+                            "champion kept", kept, kept, scores)  # fmt: skip
+        reason_detail = f": {verdict}"
     else:
-        scores = {f"challenger_{metric}": challenger_score}
+        client.set_model_version_tag(name, challenger.version, "gate", "promoted: there was no champion")
+        reason_detail = " (there was no champion)"
 
     previous = kept
     if previous is not None:
@@ -187,7 +194,7 @@ def promote(client, name: str, metric: str, margin: float,
     step("alias")
     _verify_alias(client, name, CHAMPION, challenger.version, restore=previous)
     reason = (f"challenger version {challenger.version} promoted to champion"
-              + (f" over version {previous}" if previous else " (there was no champion)"))  # fmt: skip
+              + (f" over version {previous}" if previous else "") + reason_detail)  # fmt: skip
     return Decision(True, reason, str(challenger.version), previous, scores)
 
 

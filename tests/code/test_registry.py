@@ -1,31 +1,39 @@
 """Registration, the promotion gate and rollback against a real sqlite MLflow store in a temporary folder.
 
-Runs are real MLflow runs with a real (tiny) Keras model logged; their tags and test metrics are set the way
-the train and evaluate stages set them, so each rule can be tried on chosen numbers.
+Runs are real MLflow runs with a real (tiny) Keras model logged; their tags and val/test metrics are set the
+way the train and evaluate stages set them, so each rule can be tried on chosen numbers. Each model reads
+its prediction from one pixel of the face (``reader``), so the gate's paired test can be given two models
+whose predictions on the same test faces are chosen face by face.
 """
 
 from __future__ import annotations
 
 import json
 
-import keras
 import mlflow
 import numpy as np
 import pytest
 
 from ferflow import registry, tracking
 from ferflow.cli import main
-from ferflow.io import write_json
+from ferflow.io import write_json, write_npz
 from ferflow.params import parse_params
 from ferflow.schema import EMOTIONS
 from ferflow.stages import register
+from tests.conftest import PIXEL_STEP as STEP
+from tests.conftest import pixel_reader as reader
 
 CLASSES = ",".join(EMOTIONS)
+N_FACES = 400
+LABELS = np.arange(N_FACES) % 7
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    return keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")])
+def predictions(right: int, skip: int = 0) -> np.ndarray:
+    """Predicted labels that are right on the first ``right`` faces after the first ``skip`` (and on none of
+    those) and wrong (label + 1) on the rest."""
+    wrong = (LABELS + 1) % 7
+    faces = np.arange(N_FACES)
+    return np.where((faces >= skip) & (faces < skip + right), LABELS, wrong)
 
 
 @pytest.fixture
@@ -34,21 +42,37 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text("{}\n")  # every default, for the `ferflow` commands
+    (tmp_path / "data/processed").mkdir(parents=True)
+    write_faces(tmp_path, {})
     yield tmp_path
     mlflow.set_tracking_uri(None)
 
 
+def write_faces(repo, answers: dict[int, np.ndarray]) -> None:
+    """The clean arrays' test split: face i holds, in pixel p, the answer of the model that reads p."""
+    images = np.full((N_FACES, 48, 48), 7, np.uint8)
+    for pixel, predicted in answers.items():
+        images.reshape(N_FACES, -1)[:, pixel] = predicted * STEP
+    clean = {"images": images, "labels": LABELS, "splits": np.array(["test"] * N_FACES),
+             "class_names": np.array(EMOTIONS)}  # fmt: skip
+    write_npz(repo / "clean.npz", **clean)
+    write_npz(repo / "data/processed/clean.npz", **clean)  # where `ferflow promote` looks by default
+
+
 @pytest.fixture
-def make_run(repo, tiny_model):
-    def make(f1: float, data_hash="d1", test_hash="t1", device="CPU", classes=CLASSES, evaluated=True) -> str:
+def make_run(repo):
+    def make(valid_f1: float, test_f1: float | None = None, reads: int = 0, data_hash="d1", test_hash="t1",
+             device="CPU", classes=CLASSES, evaluated=True) -> str:  # fmt: skip
         tags = {"ferflow.stage": "train", "ferflow.data_hash": data_hash, "ferflow.test_hash": test_hash,
                 "ferflow.classes": classes, "ferflow.device_type": device, "ferflow.architecture": "cnn"}  # fmt: skip
         if evaluated:
             tags["ferflow.evaluated"] = "true"
+        test_f1 = valid_f1 if test_f1 is None else test_f1
         with tracking.tracked_run(repo, "ferflow", "train-simple_cnn", tags=tags) as run:
             mlflow.log_params({"model.architecture": "simple_cnn", "data.source": "synthetic"})
-            mlflow.log_metrics({"test_f1_macro": f1, "test_accuracy": f1 + 0.01, "train_seconds": 3.0})
-            info = tracking.log_keras_model(tiny_model, np.zeros((1, 48, 48, 1), np.float32), ["keras"])
+            mlflow.log_metrics({"valid_f1_macro": valid_f1, "valid_accuracy": valid_f1 + 0.01,
+                                "test_f1_macro": test_f1, "test_accuracy": test_f1 + 0.01, "train_seconds": 3.0})
+            info = tracking.log_keras_model(reader(reads), np.zeros((1, 48, 48, 1), np.float32), ["keras"])
             mlflow.set_tag("ferflow.model_uri", info.model_uri)
         write_json(repo / "run.json", {"run_id": run.info.run_id, "data_hash": data_hash, "test_hash": test_hash,
                                        "classes": classes, "device_type": device})  # fmt: skip
@@ -72,6 +96,10 @@ def aliases(repo) -> dict[str, str]:
     return {alias: str(v) for alias, v in client_for(repo).get_registered_model("ferflow-fer").aliases.items()}
 
 
+def gate_params(**settings):
+    return parse_params({"register": {"gate": settings}}).registry.gate
+
+
 def test_only_runs_on_the_same_data_classes_and_test_split_are_eligible(repo, make_run):
     best = make_run(0.70)
     make_run(0.95, data_hash="other")
@@ -83,20 +111,38 @@ def test_only_runs_on_the_same_data_classes_and_test_split_are_eligible(repo, ma
     experiment = client.get_experiment_by_name("ferflow").experiment_id
     runs = registry.eligible_runs(client, experiment, "d1", CLASSES, "t1", require_gpu=False)
     assert len(runs) == 2
-    assert registry.best_run(runs, "test_f1_macro").info.run_id == best
+    assert registry.best_run(runs, "valid_f1_macro").info.run_id == best
     summary = run_register(repo)
     assert summary["run_id"] == best and summary["eligible_runs"] == 2
     assert summary["challenger_version"] == 1 and summary["champion_version"] == 1 and summary["promoted"]
     version = client.get_model_version("ferflow-fer", "1")
     assert version.tags["run_id"] == best and version.tags["data_hash"] == "d1"
-    assert float(version.tags["test_f1_macro"]) == pytest.approx(0.70)
+    assert float(version.tags["valid_f1_macro"]) == pytest.approx(0.70)
     assert version.tags["device_type"] == "CPU" and "git_commit" in version.tags
+    assert version.tags["ranked_by"] == "valid_f1_macro"
     card = (repo / "model_card.md").read_text()
     assert card.startswith("# Model card: ferflow-fer version 1") and "## Out of scope" in card
-    assert "macro-F1 0.7000" in card and "Synthetic data" in card
+    assert "chosen on val (macro-F1 0.7000)" in card and "Synthetic data" in card
+    assert "## How each split was used" in card and "It chose nothing else" in card
+    assert "Promoted: there was no champion." in card
     artifacts = {a.path for a in client.list_artifacts(best)}
     assert "model_card.md" in artifacts
     assert json.loads((repo / "registration.json").read_text()) == summary
+
+
+def test_register_ranks_by_val_even_when_test_disagrees(repo, make_run):
+    by_val = make_run(0.70, test_f1=0.55)
+    make_run(0.60, test_f1=0.90)  # the better test score must not choose it
+    summary = run_register(repo)
+    assert summary["run_id"] == by_val and summary["metric"] == "valid_f1_macro"
+    assert summary["value"] == pytest.approx(0.70)
+
+
+def test_register_metric_is_a_val_metric(repo):
+    with pytest.raises(Exception, match=r"register.metric: Input should be 'valid_f1_macro'"):
+        parse_params({"register": {"metric": "test_f1_macro"}})
+    with pytest.raises(Exception, match=r"register.gate: .*mcnemar.* compares correctness"):
+        parse_params({"register": {"gate": {"test": "mcnemar", "metric": "f1_macro"}}})
 
 
 def test_a_registered_run_is_not_registered_again(repo, make_run):
@@ -119,18 +165,43 @@ def test_require_gpu_admits_only_gpu_trained_runs(repo, make_run):
     assert summary["run_id"] == gpu  # the better CPU run is not eligible
 
 
-def test_gate_promotes_a_better_challenger_and_keeps_the_champion_otherwise(repo, make_run):
-    make_run(0.70)
+@pytest.mark.parametrize("test", ["bootstrap", "mcnemar"])
+def test_gate_keeps_the_champion_for_noise_and_promotes_a_significant_win(repo, make_run, test):
+    # 60 %; 61.5 % but right and wrong on other faces (40 faces only the champion gets, 46 only the challenger);
+    # 75 % including every face the champion gets right.
+    write_faces(repo, {0: predictions(240), 1: predictions(246, skip=40), 2: predictions(300)})
+    make_run(0.60, reads=0)
     run_register(repo)
-    make_run(0.80)  # better by more than the margin
-    promoted = run_register(repo, promotion_margin=0.05)
-    assert promoted["promoted"] and aliases(repo) == {"champion": "2", "challenger": "2"}
-    make_run(0.83)  # better, but by less than the margin
-    kept = run_register(repo, promotion_margin=0.05)
-    assert not kept["promoted"] and "does not beat champion version 2" in kept["gate"]
-    assert aliases(repo) == {"champion": "2", "challenger": "3"}
-    code = main(["promote"])  # the default margin 0.005 lets version 3 through
-    assert code == 0 and aliases(repo)["champion"] == "3"
+    gate = {"test": test, "metric": "accuracy"}
+    make_run(0.62, reads=1)  # better by 1.5 points on 400 faces: more than the margin, but noise
+    kept = run_register(repo, gate=gate)
+    assert not kept["promoted"] and "kept out (not significant)" in kept["gate"]
+    assert aliases(repo) == {"champion": "1", "challenger": "2"}
+    version = client_for(repo).get_model_version("ferflow-fer", "2")
+    assert float(version.tags["gate.difference"]) == pytest.approx(0.015)
+    assert float(version.tags["gate.p_value"]) > 0.05 and version.tags["gate.promoted"] == "false"
+    assert "not promoted" in (repo / "model_card.md").read_text()
+    make_run(0.70, reads=2)  # 15 points better on the same faces: significant
+    won = run_register(repo, gate=gate)
+    assert won["promoted"] and aliases(repo) == {"champion": "3", "challenger": "3"}
+    version = client_for(repo).get_model_version("ferflow-fer", "3")
+    assert float(version.tags["gate.p_value"]) < 0.001 and version.tags["gate.champion_version"] == "1"
+    assert float(version.tags["gate.ci_low"]) > 0 and version.tags["gate.test"] == test
+    card = (repo / "model_card.md").read_text()
+    assert "Compared with champion version 1 on the same 400 test faces" in card and ": promoted." in card
+
+
+def test_gate_needs_the_margin_as_well_as_significance(repo, make_run):
+    write_faces(repo, {0: predictions(240), 1: predictions(300)})
+    make_run(0.6, reads=0)
+    run_register(repo)
+    make_run(0.7, reads=1)
+    kept = run_register(repo, gate={"margin": 0.5})
+    assert not kept["promoted"] and "kept out (not better by the margin)" in kept["gate"]
+    client = client_for(repo)
+    # `ferflow promote` reads the default gate from params.yaml (margin 0.005) and the clean arrays.
+    assert main(["promote"]) == 0 and aliases(repo)["champion"] == "2"
+    assert client.get_model_version("ferflow-fer", "2").tags["gate.promoted"] == "true"
 
 
 def test_no_auto_promote_leaves_champion_to_the_promote_command(repo, make_run, capsys):
@@ -145,8 +216,9 @@ def test_no_auto_promote_leaves_champion_to_the_promote_command(repo, make_run, 
 
 
 def test_rollback_walks_back_through_earlier_champions(repo, make_run, capsys):
-    for f1 in (0.6, 0.7, 0.8):
-        make_run(f1)
+    write_faces(repo, {0: predictions(150), 1: predictions(250), 2: predictions(350)})
+    for reads, f1 in enumerate((0.6, 0.7, 0.8)):
+        make_run(f1, reads=reads)
         run_register(repo)
     assert aliases(repo)["champion"] == "3"
     assert main(["promote", "--rollback"]) == 0
@@ -160,39 +232,42 @@ def test_rollback_walks_back_through_earlier_champions(repo, make_run, capsys):
 
 @pytest.mark.parametrize("stop_after", ["history", "alias"])
 def test_an_interrupted_promotion_leaves_champion_on_a_valid_version(repo, make_run, stop_after):
-    make_run(0.6)
+    write_faces(repo, {0: predictions(200), 1: predictions(350)})
+    make_run(0.6, reads=0)
     run_register(repo)
-    make_run(0.9)
+    make_run(0.9, reads=1)
     run_register(repo, auto_promote=False)
     client = client_for(repo)
+    predict, _ = register.test_faces("ferflow-fer", repo / "clean.npz")
 
     def crash(step: str) -> None:
         if step == stop_after:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        registry.promote(client, "ferflow-fer", "test_f1_macro", 0.0, on_step=crash)
+        registry.promote(client, "ferflow-fer", gate_params(margin=0.0), predict, LABELS, on_step=crash)
     champion = client.get_model_version_by_alias("ferflow-fer", "champion")
     assert str(champion.version) == ("1" if stop_after == "history" else "2")
     assert client.get_model_version("ferflow-fer", champion.version).status == "READY"
     # Finishing the job (or rolling back) afterwards still works from that state.
-    registry.promote(client, "ferflow-fer", "test_f1_macro", 0.0)
+    registry.promote(client, "ferflow-fer", gate_params(margin=0.0), predict, LABELS)
     assert str(client.get_model_version_by_alias("ferflow-fer", "champion").version) == "2"
     assert registry.rollback(client, "ferflow-fer").champion == "1"
 
 
-def test_champion_on_another_test_split_is_rescored_or_the_gate_refuses(repo, make_run):
-    make_run(0.7, test_hash="old")
+def test_champion_judged_on_another_test_split_is_compared_on_the_challengers_faces(repo, make_run):
+    write_faces(repo, {0: predictions(100), 1: predictions(300)})
+    make_run(0.9, reads=0, test_hash="old")
     run_register(repo)
-    make_run(0.75, test_hash="new")
+    make_run(0.5, reads=1, test_hash="new")  # worse on val of its own data, but it is the pipeline's new data
     run_register(repo, auto_promote=False)
     client = client_for(repo)
-    refused = registry.promote(client, "ferflow-fer", "test_f1_macro", 0.0)
-    assert not refused.promoted and "no test_f1_macro on the challenger's test split" in refused.reason
-    kept = registry.promote(client, "ferflow-fer", "test_f1_macro", 0.0, rescore=lambda version: 0.9)
-    assert not kept.promoted and kept.metrics["champion_test_f1_macro"] == 0.9
-    won = registry.promote(client, "ferflow-fer", "test_f1_macro", 0.0, rescore=lambda version: 0.5)
+    refused = registry.promote(client, "ferflow-fer", gate_params())
+    assert not refused.promoted and "no test faces to compare" in refused.reason
+    predict, labels = register.test_faces("ferflow-fer", repo / "clean.npz")
+    won = registry.promote(client, "ferflow-fer", gate_params(), predict, labels)
     assert won.promoted and won.champion == "2"
+    assert won.metrics["reference"] < 0.3 and won.metrics["candidate"] > 0.7
 
 
 def test_models_lists_versions_with_aliases_and_metrics(repo, make_run, capsys):
@@ -206,8 +281,8 @@ def test_models_lists_versions_with_aliases_and_metrics(repo, make_run, capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "registered model ferflow-fer"
-    assert lines[2].split()[:3] == ["2", "challenger", "0.6000"]
-    assert lines[3].split()[:3] == ["1", "champion", "0.5000"]
+    assert lines[2].split()[:4] == ["2", "challenger", "0.6000", "0.6000"]
+    assert lines[3].split()[:4] == ["1", "champion", "0.5000", "0.5000"]
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["aliases"]) for r in rows] == [(2, ["challenger"]), (1, ["champion"])]

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -123,7 +124,8 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
 
     edit_params(repo, evaluate__tta__flip=True)
     assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate", "register"]
-    assert "flip=True" in (repo / "reports/evaluate/classification_report.txt").read_text()
+    assert "test-time augmentation: " in (repo / "reports/evaluate/classification_report.txt").read_text()
+    assert json.loads((repo / "reports/evaluate/metrics.json").read_text())["tta"]["setting"] == "flip"
 
     # Retraining after a change: the new run is registered; it becomes champion only if it beats the margin.
     edit_params(repo, augment__oversample__target_ratio=0.8)
@@ -156,27 +158,104 @@ def test_validation_failure_stops_the_pipeline(repo, tmp_path, synthetic_table):
     edit_params(repo, data__source=str(tmp_path / "bad.csv"), subsample__fraction=1.0)
     result = run(["dvc", "repro"], repo, check=False)
     assert result.returncode != 0
-    assert "validation failed" in result.stderr and "validate.max_bad_fraction" in result.stderr
+    assert "validation failed" in result.stderr and "validate.max_malformed_fraction" in result.stderr
     assert not (repo / "data/processed/clean.npz").exists()
     assert not (repo / "data/processed/train.npz").exists()
     assert "validate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
 
 
 @pytest.mark.real_data
-def test_repro_on_the_real_sample(repo, real_sample):
-    edit_params(repo, data__source=str(real_sample), subsample__fraction=0.1)
-    run(["dvc", "repro"], repo)
+def test_repro_on_the_shared_full_file_with_default_data_settings(repo, real_full):
+    """All of Training + PublicTest, every data param at its default (10 % subsample): FER-2013's own copies and
+    blank faces pass the gate with a note, and the pipeline goes on through registration (tiny model)."""
+    edit_params(repo, data__source=str(real_full), subsample__fraction=0.1)
+    result = run(["dvc", "repro"], repo)
+    assert "validate: note:" in result.stdout
     manifest = json.loads((repo / "data/raw/manifest.json").read_text())
-    # The sample's README says 5,742 Training rows; its per-class counts (and the file) add up to 5,741.
-    assert manifest["by_usage"] == {"PublicTest": 3589, "Training": 5741}
+    assert manifest["by_usage"] == {"PublicTest": 3589, "Training": 28709}
     metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
-    assert metrics["passed"]
+    assert metrics["passed"] and metrics["rows"] == pytest.approx(3230, abs=5)
     assert "carved from Training" in metrics["split_provenance"]["test"]
-    assert metrics["split_sizes"]["val"] == pytest.approx(359, abs=8)  # 10 % of PublicTest, minus quarantine
-    # ... and on through training, evaluation, cross-validation and registration (tiny model: no accuracy claim).
+    assert metrics["split_provenance"]["val"] == "Usage PublicTest"
     test_metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert test_metrics["test_rows"] == metrics["split_sizes"]["test"] and 0.0 <= test_metrics["f1_macro"] <= 1.0
+    assert test_metrics["val"]["rows"] == metrics["split_sizes"]["val"]
     assert json.loads((repo / "reports/register/registration.json").read_text())["champion_version"] == 1
+
+
+def three_split_fer(full: Path, out: Path) -> dict[str, list[str]]:
+    """A complete three-split FER-2013 file in miniature, from the shared full file: a stratified 6 % of it, a
+    stratified 15 % of those Training rows relabelled PrivateTest, and planted defects. Returns the pixels of
+    each planted kind of copy."""
+    table = pd.read_csv(full, dtype={"pixels": str})
+    part = table.groupby(["Usage", "emotion"], group_keys=False).sample(frac=0.06, random_state=0)
+    part = part.reset_index(drop=True)
+    training = part[part["Usage"] == "Training"]
+    private = training.groupby("emotion", group_keys=False).sample(frac=0.15, random_state=1).index
+    part.loc[private, "Usage"] = "PrivateTest"
+    rows = {usage: part.index[part["Usage"] == usage].tolist() for usage in ("Training", "PublicTest", "PrivateTest")}
+    train, val, test = rows["Training"], rows["PublicTest"], rows["PrivateTest"]
+    planted: dict[str, list[str]] = {"train-test": [], "val-test": [], "train-val": [], "test-test": [], "conflict": []}
+
+    def plant(kind: str, copies: list[int], originals: list[int], relabel: bool = False) -> None:
+        for copy, original in zip(copies, originals, strict=True):
+            part.at[copy, "pixels"] = part.at[original, "pixels"]
+            label = part.at[original, "emotion"]
+            part.at[copy, "emotion"] = (label + 1) % 7 if relabel else label
+            planted[kind].append(part.at[original, "pixels"])
+
+    plant("train-test", train[:20], test[:20])
+    plant("val-test", val[:10], test[20:30])
+    plant("train-val", train[20:30], val[10:20])
+    plant("test-test", test[30:33], test[33:36])
+    plant("conflict", train[30:34], test[36:40], relabel=True)
+    for row in train[40:45]:
+        part.at[row, "pixels"] = " ".join(["0"] * 2304)
+    part.to_csv(out, index=False)
+    return planted
+
+
+@pytest.mark.real_data
+def test_repro_on_a_complete_three_split_fer_file_keeps_the_test_split_and_removes_leaks(repo, real_full, tmp_path):
+    source = tmp_path / "fer2013.csv"
+    planted = three_split_fer(real_full, source)
+    table = pd.read_csv(source, dtype={"pixels": str})
+    n_test = int((table["Usage"] == "PrivateTest").sum())
+    edit_params(repo, data__source=str(source), subsample__fraction=1.0)
+    run(["dvc", "repro"], repo)
+
+    metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
+    assert metrics["passed"] and metrics["split_sizes"]["test"] == n_test  # every test row kept
+    assert metrics["split_provenance"]["test"] == "Usage PrivateTest"
+    pairs = metrics["duplicates"]["pairs"]
+    assert pairs["train-test"] >= 20 and pairs["val-test"] >= 10 and pairs["train-val"] >= 10
+    assert pairs["test-test"] >= 3 and metrics["duplicates"]["label_conflict_faces"] >= 4
+    assert metrics["malformed_rows"] >= 5
+    quarantined = pd.read_csv(repo / "data/interim/quarantine.csv", dtype=str, keep_default_na=False)
+    assert set(quarantined["Usage"]) <= {"Training", "PublicTest"}  # nothing taken from the test split
+    by_pixels = quarantined.groupby("pixels")["reason"].apply(" | ".join)
+    for pixels in planted["train-test"] + planted["val-test"]:
+        assert "would leak the test split into" in by_pixels[pixels]
+    for pixels in planted["train-val"]:
+        assert "would leak the val split into train" in by_pixels[pixels]
+    for pixels in planted["conflict"]:
+        assert "label conflict: same face labelled" in by_pixels[pixels]
+    assert not any(pixels in by_pixels.index for pixels in planted["test-test"])  # test copies stay
+
+    clean = np.load(repo / "data/processed/clean.npz")
+    is_test = clean["splits"] == "test"
+    test_faces = {face.tobytes() for face in clean["images"][is_test]}
+    other_faces = {face.tobytes() for face in clean["images"][~is_test]}
+    assert not test_faces & other_faces  # no test face left in train or val
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run_info = json.loads((repo / "reports/train/run.json").read_text())
+    tags = client.get_run(run_info["run_id"]).data.tags
+    assert int(tags["ferflow.data.copies.train-test"]) == pairs["train-test"]
+    registration = json.loads((repo / "reports/register/registration.json").read_text())
+    assert registration["champion_version"] == 1 and registration["metric"] == "valid_f1_macro"
+    card = (repo / "reports/register/model_card.md").read_text()
+    assert "- **test** (Usage PrivateTest): reported below, once" in card
 
 
 @pytest.mark.real_data

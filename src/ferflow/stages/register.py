@@ -3,7 +3,9 @@ point ``challenger`` at it and (with ``register.auto_promote``) apply the promot
 
 Eligible runs are this experiment's finished, evaluated training runs on the same data (data hash), class
 set and test split as the run the pipeline just trained, and GPU-trained ones only with
-``register.require_gpu``. A run that is already registered keeps its version.
+``register.require_gpu``. They are ranked by ``register.metric``, a val metric of the model as served (no
+test-time augmentation): the test split chooses nothing. A run that is already registered keeps its version.
+The gate then compares the challenger with the champion on the same test faces (``register.gate``).
 """
 
 from __future__ import annotations
@@ -11,33 +13,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ferflow import registry, tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_open, read_json, write_json
 from ferflow.model_card import build_model_card
-from ferflow.params import Params, TtaParams
+from ferflow.params import Params
 
-METRICS = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_auc", "test_loss")
+METRICS = (
+    "valid_accuracy", "valid_f1_macro", "valid_f1_weighted", "valid_auc", "valid_loss",
+    "test_accuracy", "test_f1_macro", "test_f1_weighted", "test_auc", "test_loss",
+)  # fmt: skip
 
 
-def champion_rescorer(name: str, clean_arrays: Path, metric: str, tta: TtaParams):
-    """Scores a registered version on the test split of ``clean_arrays`` (the challenger's test data), with
-    the same test-time augmentation the challenger was evaluated with."""
+def test_faces(name: str, clean_arrays: Path):
+    """(predict, labels): ``predict(version)`` gives a registered version's predicted labels on the test split
+    of ``clean_arrays``, as served (no test-time augmentation), so that the gate compares two versions on the
+    very same faces."""
+    from ferflow.io import read_npz
 
-    def rescore(version) -> float:
+    clean = read_npz(clean_arrays)
+    is_test = clean["splits"] == "test"
+    images = clean["images"][is_test]
+
+    def predict(version) -> np.ndarray:
         import mlflow
 
-        from ferflow.io import read_npz
-        from ferflow.models.evaluation import classification_metrics, predict_with_tta
+        from ferflow.models.training import predict_proba
 
-        clean = read_npz(clean_arrays)
-        is_test = clean["splits"] == "test"
         model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
-        proba = predict_with_tta(model, clean["images"][is_test], tta.flip, tta.crops, tta.crop_fraction)
-        scores = classification_metrics(clean["labels"][is_test], proba, [str(c) for c in clean["class_names"]])
-        return float(scores[metric.removeprefix("test_")])
+        return predict_proba(model, images).argmax(axis=1)
 
-    return rescore
+    return predict, clean["labels"][is_test]
 
 
 def run(
@@ -66,17 +74,14 @@ def run(
         )
     best = registry.best_run(runs, settings.metric)
     version, created = registry.register_run(client, settings.model_name, best, METRICS)
-    card = build_model_card(client, settings.model_name, version, best, experiment.experiment_id)
-    client.log_text(best.info.run_id, card, "model_card.md")
-    client.update_model_version(settings.model_name, version.version, description=card.split("\n## ", 1)[0])
+    client.set_model_version_tag(settings.model_name, version.version, "ranked_by", settings.metric)
     client.set_registered_model_alias(settings.model_name, registry.CHALLENGER, version.version)
 
     decision = None
     if settings.auto_promote:
-        decision = registry.promote(
-            client, settings.model_name, settings.metric, settings.promotion_margin,
-            rescore=champion_rescorer(settings.model_name, clean_arrays, settings.metric, params.evaluate.tta),
-        )  # fmt: skip
+        predict, labels = test_faces(settings.model_name, clean_arrays)
+        decision = registry.promote(client, settings.model_name, settings.gate, predict, labels)
+    write_model_card(client, settings.model_name, version.version, best, experiment.experiment_id, card_out)
     champion = registry.alias_version(client, settings.model_name, registry.CHAMPION)
     summary = {
         "model_name": settings.model_name,
@@ -90,11 +95,22 @@ def run(
         "promoted": bool(decision and decision.promoted),
         "gate": decision.reason if decision else "auto_promote is false: run `ferflow promote`",
     }
-    with atomic_open(card_out) as handle:
-        handle.write(card)
     write_json(registration_out, summary)
     state = "registered new" if created else "kept"
     print(f"register: {state} version {version.version} of {settings.model_name} (run {best.info.run_id}, "
           f"{settings.metric} {summary['value']:.4f}, best of {len(runs)} eligible runs) as {registry.CHALLENGER}; "
           f"{summary['gate']}")  # fmt: skip
     return summary
+
+
+def write_model_card(client, name: str, version_number: str, run, experiment_id: str, card_out: Path | None) -> str:
+    """Build the version's model card from what MLflow holds (the gate's verdict included), log it with the run,
+    use its head as the version's description and write it to ``card_out``."""
+    version = client.get_model_version(name, version_number)
+    card = build_model_card(client, name, version, run, experiment_id)
+    client.log_text(run.info.run_id, card, "model_card.md")
+    client.update_model_version(name, version.version, description=card.split("\n## ", 1)[0])
+    if card_out is not None:
+        with atomic_open(card_out) as handle:
+            handle.write(card)
+    return card
