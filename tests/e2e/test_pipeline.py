@@ -66,6 +66,12 @@ def repo(tmp_path: Path) -> Path:
     return copy
 
 
+# The longest tests, in two groups that `pytest -n 2 --dist loadgroup` (make test) runs on different workers.
+SYNTHETIC_DAG = pytest.mark.xdist_group("e2e-synthetic")
+REAL_DAG = pytest.mark.xdist_group("e2e-real")
+
+
+@SYNTHETIC_DAG
 def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
     first = run(["dvc", "repro"], repo)
     assert stages_run(first.stdout) == STAGES
@@ -164,6 +170,7 @@ def test_validation_failure_stops_the_pipeline(repo, tmp_path, synthetic_table):
     assert "validate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
 
 
+@REAL_DAG
 @pytest.mark.real_data
 def test_repro_on_the_shared_full_file_with_default_data_settings(repo, real_full):
     """All of Training + PublicTest, every data param at its default (10 % subsample): FER-2013's own copies and
@@ -215,6 +222,7 @@ def three_split_fer(full: Path, out: Path) -> dict[str, list[str]]:
     return planted
 
 
+@REAL_DAG
 @pytest.mark.real_data
 def test_repro_on_a_complete_three_split_fer_file_keeps_the_test_split_and_removes_leaks(repo, real_full, tmp_path):
     source = tmp_path / "fer2013.csv"

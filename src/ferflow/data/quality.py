@@ -118,6 +118,17 @@ def derive_row_columns(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def reason_kinds(reasons: pd.Series) -> pd.Series:
+    """How many quarantined rows have each kind of reason: "... as train row 12" and "... as train row 40"
+    are one kind of problem."""
+    return (
+        reasons.str.split("; ").explode()
+        .str.replace(r"row \d+", "row N", regex=True)
+        .str.replace(r"labelled \S+ in", "labelled otherwise in", regex=True)
+        .value_counts()
+    )  # fmt: skip
+
+
 def _row_expectations(gxe, class_labels: list[str], min_pixel_std: float):
     """(expectation, RowCheck) pairs; the order is the order reasons appear in the quarantine file."""
     return [

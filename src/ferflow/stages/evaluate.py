@@ -175,7 +175,8 @@ def _judge_tta(model, tta, val_images, val_labels, val_scores, images, labels, c
     views = (tta.flip, tta.crops, tta.crop_fraction, tta.crop_mode)
     val_tta = classification_metrics(val_labels, predict_with_tta(model, val_images, *views), class_names)
     plain, augmented = val_scores["accuracy"], val_tta["accuracy"]
-    facts.update(val_scores=val_tta, val_accuracy_plain=plain, val_accuracy_tta=augmented)
+    facts.update(val_scores=val_tta, val_accuracy_plain=plain, val_accuracy_tta=augmented,
+                 val={key: value for key, value in val_tta.items() if key != "per_class"})  # fmt: skip
     change = f"val accuracy {plain:.4f} without, {augmented:.4f} with {setting}"
     if augmented >= plain:
         facts["verdict"] = f"used: {change}"
@@ -189,5 +190,4 @@ def _judge_tta(model, tta, val_images, val_labels, val_scores, images, labels, c
     facts["used"] = True
     facts["test_scores"] = classification_metrics(labels, predict_with_tta(model, images, *views), class_names)
     facts["test"] = {key: value for key, value in facts["test_scores"].items() if key != "per_class"}
-    facts["val"] = {key: value for key, value in val_tta.items() if key != "per_class"}
     return facts

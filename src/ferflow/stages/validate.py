@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferflow.data.quality import QualityReport, check_table
+from ferflow.data.quality import QualityReport, check_table, reason_kinds
 from ferflow.data.sampling import stratified_pick
 from ferflow.data.table import decode_pixels
 from ferflow.errors import DataError, ValidationFailed
@@ -90,13 +90,7 @@ def _summary_markdown(facts: dict[str, Any], report: QualityReport, quarantine: 
         lines.append(f"| {row['suite']} | {row['check']} | {row['column']} | {result} | {row['unexpected']} |")
     if not quarantine.empty:
         lines += ["", "Quarantine reasons:", ""]
-        # "... as train row 12" and "... as train row 40" are one kind of problem here.
-        kinds = (
-            quarantine["reason"].str.split("; ").explode()
-            .str.replace(r"row \d+", "row N", regex=True)
-            .str.replace(r"labelled \S+ in", "labelled otherwise in", regex=True)
-        )  # fmt: skip
-        reasons = kinds.value_counts()
+        reasons = reason_kinds(quarantine["reason"])
         lines += [f"- {reason}: {count} row(s)" for reason, count in reasons.items()]
     if facts["duplicates"]:
         lines += ["", "Exact copies by pair of splits (the copy's split, then the split of the face it copies; "
