@@ -41,8 +41,8 @@ def promote_command(params: Params, repo_root: Path, rollback: bool, clean_array
         print(f"promote: {decision.reason}")
         return PROMOTED
     clean = clean_arrays if clean_arrays.is_absolute() else repo_root / clean_arrays
-    predict, labels = test_faces(settings.model_name, clean) if clean.is_file() else (None, None)
-    decision = registry.promote(client, settings.model_name, settings.gate, predict, labels)
+    predict, labels, faces_hash = test_faces(settings.model_name, clean) if clean.is_file() else (None, None, None)
+    decision = registry.promote(client, settings.model_name, settings.gate, predict, labels, faces_hash)
     challenger = registry.alias_version(client, settings.model_name, registry.CHALLENGER)
     if challenger is not None and challenger.run_id:
         # The card shows the gate's verdict: rewrite it now that the gate has run.

@@ -12,6 +12,7 @@ history tag is written first, so an interruption at any point leaves ``champion`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -134,12 +135,18 @@ def _metric(version, metric: str) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
+GATE_TAGS = ("gate.champion_version", "gate.test", "gate.metric", "gate.difference", "gate.p_value", "gate.ci_low",
+             "gate.ci_high", "gate.faces", "gate.promoted")  # fmt: skip
+
+
 def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None, labels=None,
-            on_step: Callable[[str], None] | None = None) -> Decision:  # fmt: skip
+            faces_hash: str | None = None, on_step: Callable[[str], None] | None = None) -> Decision:  # fmt: skip
     """Move ``champion`` to the ``challenger`` version if there is no champion, or if on the same test faces
     (``labels``; ``predict(version)`` gives a version's predicted labels there) the challenger beats the
     champion by ``gate.margin`` in ``gate.metric`` and the paired ``gate.test`` finds it significant at
-    ``gate.alpha``. Otherwise nothing changes. The comparison is recorded on the challenger version.
+    ``gate.alpha``. Otherwise nothing changes. The faces must be the challenger's own test split
+    (``faces_hash`` equal to its ``test_hash``): on any other faces it may have trained on some of them. The
+    comparison is recorded on the challenger version (``gate`` and ``gate.*`` tags).
     """
     from ferflow.models.comparison import compare
 
@@ -152,6 +159,7 @@ def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None
     if kept == str(challenger.version):
         return Decision(False, f"version {kept} is already the champion", kept, kept)
     scores: dict[str, float] = {}
+    tags: dict[str, str] = dict.fromkeys(GATE_TAGS, "")
     if champion is not None:
         if champion.tags.get("classes") != challenger.tags.get("classes"):
             return Decision(False, f"champion version {kept} reads other classes ({champion.tags.get('classes')}) "
@@ -160,8 +168,18 @@ def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None
         if predict is None or labels is None:
             return Decision(False, f"no test faces to compare champion version {kept} and challenger version "
                             f"{challenger.version} on (pass the clean arrays); champion kept", kept, kept)  # fmt: skip
+        if faces_hash is not None and faces_hash != challenger.tags.get("test_hash"):
+            return Decision(False, f"the test faces given (hash {faces_hash}) are not challenger version "
+                            f"{challenger.version}'s test split ({challenger.tags.get('test_hash')}): it may "
+                            "have trained on some of them; rerun the pipeline on its data; champion kept",
+                            kept, kept)  # fmt: skip
+        try:
+            champion_answers = predict(champion)
+        except Exception as exc:  # a champion that cannot be loaded or scored must not crash registration
+            return Decision(False, f"champion version {kept} could not be scored on the test faces "
+                            f"({type(exc).__name__}: {exc}); champion kept", kept, kept)  # fmt: skip
         n_classes = len(challenger.tags.get("classes", "").split(","))
-        result = compare(labels, predict(champion), predict(challenger), test=gate.test, metric=gate.metric,
+        result = compare(labels, champion_answers, predict(challenger), test=gate.test, metric=gate.metric,
                          n_classes=n_classes, alpha=gate.alpha, bootstrap_samples=gate.bootstrap_samples,
                          seed=gate.seed)  # fmt: skip
         scores = {key: value for key, value in result.as_dict().items() if isinstance(value, float)}
@@ -170,20 +188,21 @@ def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None
                    f"same {result.faces} test faces: difference {result.difference:+.4f} (margin {gate.margin}), "
                    f"{result.statistic}, one-sided p = {result.p_value:.4f} (alpha {gate.alpha}), "
                    f"{1 - gate.alpha:.0%} interval [{result.ci_low:+.4f}, {result.ci_high:+.4f}]")  # fmt: skip
-        client.set_model_version_tag(name, challenger.version, "gate", verdict)
-        for key, value in {"gate.champion_version": kept, "gate.test": result.test, "gate.metric": result.metric,
-                           "gate.difference": f"{result.difference:.6g}", "gate.p_value": f"{result.p_value:.6g}",
-                           "gate.ci_low": f"{result.ci_low:.6g}", "gate.ci_high": f"{result.ci_high:.6g}",
-                           "gate.faces": str(result.faces), "gate.promoted": str(wins).lower()}.items():  # fmt: skip
-            client.set_model_version_tag(name, challenger.version, key, value)
+        tags.update({"gate": verdict, "gate.champion_version": kept, "gate.test": result.test,
+                     "gate.metric": result.metric, "gate.difference": f"{result.difference:.6g}",
+                     "gate.p_value": f"{result.p_value:.6g}", "gate.ci_low": f"{result.ci_low:.6g}",
+                     "gate.ci_high": f"{result.ci_high:.6g}", "gate.faces": str(result.faces),
+                     "gate.promoted": "false"})  # fmt: skip
         if not wins:
+            _tag_version(client, name, challenger.version, tags)
             why = "not better by the margin" if result.difference < gate.margin else "not significant"
             return Decision(False, f"challenger version {challenger.version} kept out ({why}): {verdict}; "
                             "champion kept", kept, kept, scores)  # fmt: skip
         reason_detail = f": {verdict}"
     else:
-        client.set_model_version_tag(name, challenger.version, "gate", "promoted: there was no champion")
+        tags.update({"gate": "promoted: there was no champion", "gate.promoted": "false"})
         reason_detail = " (there was no champion)"
+    _tag_version(client, name, challenger.version, tags)  # "promoted" is written only once it is true
 
     previous = kept
     if previous is not None:
@@ -193,9 +212,22 @@ def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None
     client.set_registered_model_alias(name, CHAMPION, challenger.version)
     step("alias")
     _verify_alias(client, name, CHAMPION, challenger.version, restore=previous)
+    client.set_model_version_tag(name, challenger.version, "gate.promoted", "true")
     reason = (f"challenger version {challenger.version} promoted to champion"
               + (f" over version {previous}" if previous else "") + reason_detail)  # fmt: skip
     return Decision(True, reason, str(challenger.version), previous, scores)
+
+
+def _tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
+    """Write the gate's tags; an empty value removes a tag left by an earlier comparison of this version."""
+    from mlflow.exceptions import MlflowException
+
+    for key, value in tags.items():
+        if value:
+            client.set_model_version_tag(name, version, key, value)
+            continue
+        with contextlib.suppress(MlflowException):  # it was not there
+            client.delete_model_version_tag(name, version, key)
 
 
 def rollback(client, name: str) -> Decision:

@@ -45,9 +45,10 @@ def test_bad_params_name_the_key(raw, message):
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ParamsError) as error:
-        parse_params({"subsample": {"fraction": 2, "seed": -1}, "validate": {"max_bad_fraction": 3}})
+        parse_params({"subsample": {"fraction": 2, "seed": -1}, "validate": {"max_malformed_fraction": 3}})
     text = str(error.value)
-    assert "subsample.fraction" in text and "subsample.seed" in text and "validate.max_bad_fraction" in text
+    assert "subsample.fraction" in text and "subsample.seed" in text
+    assert "validate.max_malformed_fraction: Input should be less than or equal to 1" in text
 
 
 def test_class_presets_and_lists_give_label_order():

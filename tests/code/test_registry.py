@@ -61,8 +61,9 @@ def write_faces(repo, answers: dict[int, np.ndarray]) -> None:
 
 @pytest.fixture
 def make_run(repo):
-    def make(valid_f1: float, test_f1: float | None = None, reads: int = 0, data_hash="d1", test_hash="t1",
+    def make(valid_f1: float, test_f1: float | None = None, reads: int = 0, data_hash="d1", test_hash=None,
              device="CPU", classes=CLASSES, evaluated=True) -> str:  # fmt: skip
+        test_hash = test_hash or faces_hash(repo)  # by default, judged on the test faces in clean.npz
         tags = {"ferflow.stage": "train", "ferflow.data_hash": data_hash, "ferflow.test_hash": test_hash,
                 "ferflow.classes": classes, "ferflow.device_type": device, "ferflow.architecture": "cnn"}  # fmt: skip
         if evaluated:
@@ -79,6 +80,10 @@ def make_run(repo):
         return run.info.run_id
 
     return make
+
+
+def faces_hash(repo) -> str:
+    return register.test_faces("ferflow-fer", repo / "clean.npz")[2]
 
 
 def client_for(repo):
@@ -109,7 +114,7 @@ def test_only_runs_on_the_same_data_classes_and_test_split_are_eligible(repo, ma
     make_run(0.60)  # writes run.json last: the pipeline's own run is this one, on d1/t1
     client = client_for(repo)
     experiment = client.get_experiment_by_name("ferflow").experiment_id
-    runs = registry.eligible_runs(client, experiment, "d1", CLASSES, "t1", require_gpu=False)
+    runs = registry.eligible_runs(client, experiment, "d1", CLASSES, faces_hash(repo), require_gpu=False)
     assert len(runs) == 2
     assert registry.best_run(runs, "valid_f1_macro").info.run_id == best
     summary = run_register(repo)
@@ -238,7 +243,7 @@ def test_an_interrupted_promotion_leaves_champion_on_a_valid_version(repo, make_
     make_run(0.9, reads=1)
     run_register(repo, auto_promote=False)
     client = client_for(repo)
-    predict, _ = register.test_faces("ferflow-fer", repo / "clean.npz")
+    predict, _, _ = register.test_faces("ferflow-fer", repo / "clean.npz")
 
     def crash(step: str) -> None:
         if step == stop_after:
@@ -259,13 +264,16 @@ def test_champion_judged_on_another_test_split_is_compared_on_the_challengers_fa
     write_faces(repo, {0: predictions(100), 1: predictions(300)})
     make_run(0.9, reads=0, test_hash="old")
     run_register(repo)
-    make_run(0.5, reads=1, test_hash="new")  # worse on val of its own data, but it is the pipeline's new data
+    make_run(0.5, reads=1)  # worse on val of its own data, but it is the pipeline's new data
     run_register(repo, auto_promote=False)
     client = client_for(repo)
     refused = registry.promote(client, "ferflow-fer", gate_params())
     assert not refused.promoted and "no test faces to compare" in refused.reason
-    predict, labels = register.test_faces("ferflow-fer", repo / "clean.npz")
-    won = registry.promote(client, "ferflow-fer", gate_params(), predict, labels)
+    predict, labels, faces = register.test_faces("ferflow-fer", repo / "clean.npz")
+    # Faces other than the challenger's own test split: it may have trained on them.
+    leaky = registry.promote(client, "ferflow-fer", gate_params(), predict, labels, "0123456789abcdef")
+    assert not leaky.promoted and "are not challenger version 2's test split" in leaky.reason
+    won = registry.promote(client, "ferflow-fer", gate_params(), predict, labels, faces)
     assert won.promoted and won.champion == "2"
     assert won.metrics["reference"] < 0.3 and won.metrics["candidate"] > 0.7
 
@@ -286,3 +294,22 @@ def test_models_lists_versions_with_aliases_and_metrics(repo, make_run, capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["aliases"]) for r in rows] == [(2, ["challenger"]), (1, ["champion"])]
+
+
+def test_a_champion_that_cannot_be_scored_is_kept_and_registration_finishes(repo, make_run):
+    write_faces(repo, {0: predictions(100), 1: predictions(300)})
+    make_run(0.5, reads=0)
+    run_register(repo)
+    make_run(0.7, reads=1)
+    run_register(repo, auto_promote=False)
+    client = client_for(repo)
+    predict, labels, faces = register.test_faces("ferflow-fer", repo / "clean.npz")
+
+    def champion_unreadable(version):
+        if str(version.version) == "1":
+            raise OSError("model artifacts missing")
+        return predict(version)
+
+    kept = registry.promote(client, "ferflow-fer", gate_params(), champion_unreadable, labels, faces)
+    assert not kept.promoted and "champion version 1 could not be scored" in kept.reason
+    assert "model artifacts missing" in kept.reason and aliases(repo)["champion"] == "1"

@@ -79,7 +79,8 @@ class DuplicateFindings:
             "copy_fraction": round(self.copies / max(self.rows_checked, 1), 6),
             "pairs": dict(self.pairs),
             "label_conflict_faces": self.label_conflict_faces,
-            "label_conflict_rows": self.label_conflict_rows,
+            "label_conflict_rows": self.label_conflict_rows,  # test rows among them are kept
+            "quarantined_rows": len(self.reasons),
         }
 
 
@@ -331,7 +332,9 @@ def check_table(
     expectations = [expectation for expectation, _ in duplicate_checks]
     duplicates_result = _validate(gx, context, "duplicates", duplicates.frame, expectations)
     gx_results["duplicates"] = duplicates_result.to_json_dict()
-    expectation_rows += _summarise(duplicates_result, expectations, "duplicates", [n for _, n in duplicate_checks])
+    # The three finders flag the rows to quarantine; only the duplicate rate is a gate.
+    finders = _summarise(duplicates_result, expectations, "duplicates", [n for _, n in duplicate_checks])
+    expectation_rows += [{**row, "informational": row["check"] != "duplicate_rate"} for row in finders]
     for row, reasons in duplicates.reasons.items():
         row_reasons.setdefault(row, []).extend(reasons)
     if not _by_expectation(duplicates_result, expectations)[-1].success:

@@ -61,6 +61,12 @@ def _metric_by_weights(weights, labels, predicted, metric: str, n_classes: int) 
     return _f1_macro_by_weights(weights, labels, predicted, n_classes)
 
 
+def _resamples(rng: np.random.Generator, faces: int, samples: int, chunk: int = 500):
+    """How often each face is drawn in each resample, ``chunk`` resamples at a time (bounded memory)."""
+    for start in range(0, samples, chunk):
+        yield rng.multinomial(faces, np.full(faces, 1 / faces), size=min(chunk, samples - start))
+
+
 def compare(
     labels: np.ndarray,
     reference: np.ndarray,
@@ -94,10 +100,11 @@ def compare(
         statistic = f"paired bootstrap of {metric}, {bootstrap_samples} resamples"
     else:
         raise ValueError(f"unknown test {test!r}")
-    weights = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap_samples)
-    deltas = _metric_by_weights(weights, labels, candidate, metric, n_classes) - _metric_by_weights(
-        weights, labels, reference, metric, n_classes
-    )
+    deltas = np.concatenate([
+        _metric_by_weights(weights, labels, candidate, metric, n_classes)
+        - _metric_by_weights(weights, labels, reference, metric, n_classes)
+        for weights in _resamples(rng, len(labels), bootstrap_samples)
+    ])  # fmt: skip
     if test == "bootstrap":
         p_value = float((1 + np.sum(deltas <= 0)) / (bootstrap_samples + 1))
     low, high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])

@@ -28,10 +28,10 @@ METRICS = (
 
 
 def test_faces(name: str, clean_arrays: Path):
-    """(predict, labels): ``predict(version)`` gives a registered version's predicted labels on the test split
-    of ``clean_arrays``, as served (no test-time augmentation), so that the gate compares two versions on the
-    very same faces."""
-    from ferflow.io import read_npz
+    """(predict, labels, faces_hash): ``predict(version)`` gives a registered version's predicted labels on the
+    test split of ``clean_arrays``, as served (no test-time augmentation), so that the gate compares two
+    versions on the very same faces; ``faces_hash`` identifies that split (the runs' ``test_hash``)."""
+    from ferflow.io import array_digest, read_npz
 
     clean = read_npz(clean_arrays)
     is_test = clean["splits"] == "test"
@@ -45,7 +45,7 @@ def test_faces(name: str, clean_arrays: Path):
         model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
         return predict_proba(model, images).argmax(axis=1)
 
-    return predict, clean["labels"][is_test]
+    return predict, clean["labels"][is_test], array_digest(images, clean["labels"][is_test])
 
 
 def run(
@@ -79,8 +79,8 @@ def run(
 
     decision = None
     if settings.auto_promote:
-        predict, labels = test_faces(settings.model_name, clean_arrays)
-        decision = registry.promote(client, settings.model_name, settings.gate, predict, labels)
+        predict, labels, faces_hash = test_faces(settings.model_name, clean_arrays)
+        decision = registry.promote(client, settings.model_name, settings.gate, predict, labels, faces_hash)
     write_model_card(client, settings.model_name, version.version, best, experiment.experiment_id, card_out)
     champion = registry.alias_version(client, settings.model_name, registry.CHAMPION)
     summary = {

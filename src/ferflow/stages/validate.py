@@ -86,7 +86,7 @@ def _summary_markdown(facts: dict[str, Any], report: QualityReport, quarantine: 
         lines += ["Failed dataset checks:", *[f"- {failure}" for failure in report.failed_dataset_checks], ""]
     lines += ["| suite | check | column | result | unexpected rows |", "|---|---|---|---|---|"]
     for row in report.expectation_rows:
-        result = "pass" if row["success"] else "FAIL"
+        result = "pass" if row["success"] else ("found (quarantined)" if row.get("informational") else "FAIL")
         lines.append(f"| {row['suite']} | {row['check']} | {row['column']} | {result} | {row['unexpected']} |")
     if not quarantine.empty:
         lines += ["", "Quarantine reasons:", ""]
@@ -113,11 +113,11 @@ def _note(duplicates: dict[str, Any], malformed: int) -> str:
     parts = []
     if duplicates.get("copies"):
         pairs = ", ".join(f"{pair} {count}" for pair, count in duplicates["pairs"].items() if count)
-        removed = sum(count for pair, count in duplicates["pairs"].items() if not pair.startswith("test-"))
-        parts.append(f"{duplicates['copies']} exact copies ({duplicates['copy_fraction']:.1%}; {pairs}): {removed} "
-                     "train/val rows quarantined, test rows kept")  # fmt: skip
+        parts.append(f"{duplicates['copies']} exact copies ({duplicates['copy_fraction']:.1%}; {pairs})")
     if duplicates.get("label_conflict_faces"):
         parts.append(f"{duplicates['label_conflict_faces']} faces carry two labels (label conflicts)")
+    if duplicates.get("quarantined_rows"):
+        parts.append(f"{duplicates['quarantined_rows']} train/val rows quarantined for them, test rows kept")
     if malformed:
         parts.append(f"{malformed} malformed or blank rows quarantined")
     return "; ".join(parts)
