@@ -13,7 +13,8 @@ from ferflow.data.synthetic import generate
 from ferflow.models.training import fit, predict_proba, seed_everything
 from ferflow.params import parse_params
 
-pytestmark = pytest.mark.slow
+# One worker trains the shared model once (`make test` runs `pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("behaviour")]
 
 
 @pytest.fixture(scope="module")
