@@ -25,7 +25,7 @@ repro: $(STAMP)  ## set up, then run the whole pipeline (dvc repro) on the defau
 	$(RUN) dvc repro
 
 test: $(STAMP)  ## set up, then run the test suite
-	$(RUN) pytest -n 2 --dist loadgroup
+	$(RUN) pytest -n 2 --dist loadfile
 
 ui: $(STAMP)  ## MLflow UI on the project's store, at http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

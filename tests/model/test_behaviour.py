@@ -13,11 +13,11 @@ from ferflow.data.synthetic import generate
 from ferflow.models.training import fit, predict_proba, seed_everything
 from ferflow.params import parse_params
 
-# One worker trains the shared model once (`make test` runs `pytest -n 2 --dist loadgroup`).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("behaviour")]
+# Session scope: the model is trained once per test worker, whatever order the tests run in.
+pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained():
     images, labels, usages = generate(1600, seed=11, progress=False)
     is_train = usages == "Training"
