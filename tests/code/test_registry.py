@@ -101,6 +101,17 @@ def aliases(repo) -> dict[str, str]:
     return {alias: str(v) for alias, v in client_for(repo).get_registered_model("ferflow-fer").aliases.items()}
 
 
+def champion_and_challenger(repo, make_run, champion_right: int, challenger_right: int, **champion_run):
+    """Version 1 champion (reads pixel 0), version 2 challenger (reads pixel 1) not yet gated; they get
+    ``champion_right`` and ``challenger_right`` of the test faces right."""
+    write_faces(repo, {0: predictions(champion_right), 1: predictions(challenger_right)})
+    make_run(0.5, reads=0, **champion_run)
+    run_register(repo)
+    make_run(0.7, reads=1)
+    run_register(repo, auto_promote=False)
+    return client_for(repo)
+
+
 def gate_params(**settings):
     return parse_params({"register": {"gate": settings}}).registry.gate
 
@@ -237,12 +248,7 @@ def test_rollback_walks_back_through_earlier_champions(repo, make_run, capsys):
 
 @pytest.mark.parametrize("stop_after", ["history", "alias"])
 def test_an_interrupted_promotion_leaves_champion_on_a_valid_version(repo, make_run, stop_after):
-    write_faces(repo, {0: predictions(200), 1: predictions(350)})
-    make_run(0.6, reads=0)
-    run_register(repo)
-    make_run(0.9, reads=1)
-    run_register(repo, auto_promote=False)
-    client = client_for(repo)
+    client = champion_and_challenger(repo, make_run, 200, 350)
     predict, _, _ = register.test_faces("ferflow-fer", repo / "clean.npz")
 
     def crash(step: str) -> None:
@@ -261,12 +267,7 @@ def test_an_interrupted_promotion_leaves_champion_on_a_valid_version(repo, make_
 
 
 def test_champion_judged_on_another_test_split_is_compared_on_the_challengers_faces(repo, make_run):
-    write_faces(repo, {0: predictions(100), 1: predictions(300)})
-    make_run(0.9, reads=0, test_hash="old")
-    run_register(repo)
-    make_run(0.5, reads=1)  # worse on val of its own data, but it is the pipeline's new data
-    run_register(repo, auto_promote=False)
-    client = client_for(repo)
+    client = champion_and_challenger(repo, make_run, 100, 300, test_hash="old")
     refused = registry.promote(client, "ferflow-fer", gate_params())
     assert not refused.promoted and "no test faces to compare" in refused.reason
     predict, labels, faces = register.test_faces("ferflow-fer", repo / "clean.npz")
@@ -297,12 +298,7 @@ def test_models_lists_versions_with_aliases_and_metrics(repo, make_run, capsys):
 
 
 def test_a_champion_that_cannot_be_scored_is_kept_and_registration_finishes(repo, make_run):
-    write_faces(repo, {0: predictions(100), 1: predictions(300)})
-    make_run(0.5, reads=0)
-    run_register(repo)
-    make_run(0.7, reads=1)
-    run_register(repo, auto_promote=False)
-    client = client_for(repo)
+    client = champion_and_challenger(repo, make_run, 100, 300)
     predict, labels, faces = register.test_faces("ferflow-fer", repo / "clean.npz")
 
     def champion_unreadable(version):

@@ -13,6 +13,7 @@ classification report; the same files and the metrics go to the training's MLflo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,10 @@ def run(
     predicted = proba.argmax(axis=1)
     counts, normalised = confusion(labels, predicted, len(class_names))
 
-    def summary(values: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in values.items() if key != "per_class"}
-
-    metrics = {**summary(scores),
+    metrics = {**_scalars(scores),
                "f1_per_class": {name: row["f1"] for name, row in scores["per_class"].items()},
                "test_rows": int(is_test.sum()),
-               "val": {**summary(val_scores), "rows": int(is_val.sum())},
+               "val": {**_scalars(val_scores), "rows": int(is_val.sum())},
                "tta": {key: value for key, value in tta_facts.items() if not key.endswith("_scores")}}  # fmt: skip
     records = [{"actual": class_names[t], "predicted": class_names[p]} for t, p in zip(labels, predicted, strict=True)]
     matrices = {"class_names": class_names, "counts": counts.tolist(), "normalised": normalised.round(4).tolist()}
@@ -166,8 +164,6 @@ def _judge_tta(model, tta, val_images, val_labels, val_scores, images, labels, c
 
     The verdict is said out loud: a TTA that makes the model worse never passes silently.
     """
-    import sys
-
     setting = describe_tta(tta.flip, tta.crops, tta.crop_fraction, tta.crop_mode)
     facts: dict[str, Any] = {"setting": setting, "used": False, "verdict": "none configured"}
     if setting == "none":
@@ -176,7 +172,7 @@ def _judge_tta(model, tta, val_images, val_labels, val_scores, images, labels, c
     val_tta = classification_metrics(val_labels, predict_with_tta(model, val_images, *views), class_names)
     plain, augmented = val_scores["accuracy"], val_tta["accuracy"]
     facts.update(val_scores=val_tta, val_accuracy_plain=plain, val_accuracy_tta=augmented,
-                 val={key: value for key, value in val_tta.items() if key != "per_class"})  # fmt: skip
+                 val=_scalars(val_tta))  # fmt: skip
     change = f"val accuracy {plain:.4f} without, {augmented:.4f} with {setting}"
     if augmented >= plain:
         facts["verdict"] = f"used: {change}"
@@ -189,5 +185,10 @@ def _judge_tta(model, tta, val_images, val_labels, val_scores, images, labels, c
         print(f"evaluate: WARNING: test-time augmentation {facts['verdict']}", file=sys.stderr)
     facts["used"] = True
     facts["test_scores"] = classification_metrics(labels, predict_with_tta(model, images, *views), class_names)
-    facts["test"] = {key: value for key, value in facts["test_scores"].items() if key != "per_class"}
+    facts["test"] = _scalars(facts["test_scores"])
     return facts
+
+
+def _scalars(scores: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of ``classification_metrics``, without the per-class table."""
+    return {key: value for key, value in scores.items() if key != "per_class"}
