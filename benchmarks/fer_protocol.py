@@ -17,55 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
+from _pipeline import pipeline_copy, run, source_file
 
-REPO = Path(__file__).resolve().parents[1]
-FULL = REPO.parent / "shared" / "data" / "fer2013-train-publictest.csv.gz"
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+from ferflow.recipes import apply_to_file, parse_assignment
+
 TTA_SETTINGS = {
     "flip": {"flip": True, "crops": 0},
     "flip+4shift": {"flip": True, "crops": 4, "crop_mode": "shift"},
     "flip+5zoom": {"flip": True, "crops": 5, "crop_mode": "zoom"},
 }
-
-
-def three_split_file(out: Path, private_rows: int = 3589, seed: int = 2013) -> None:
-    table = pd.read_csv(FULL, dtype={"pixels": str})
-    training = table[table["Usage"] == "Training"]
-    fraction = private_rows / len(training)
-    private = training.groupby("emotion", group_keys=False).sample(frac=fraction, random_state=seed).index
-    table.loc[private, "Usage"] = "PrivateTest"
-    table.to_csv(out, index=False)
-
-
-def set_param(params: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-
-
-def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    print(f"  {' '.join(command)}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return result.stdout
 
 
 def print_validation(source: str, validate: dict, work: Path) -> None:
@@ -96,25 +61,11 @@ def main() -> None:
     parser.add_argument("--validate-only", action="store_true", help="stop after the validate stage")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    if not FULL.is_file():
-        raise SystemExit(f"{FULL} is not there: this benchmark needs the shared FER-2013 file")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fer-protocol-"))
     work.mkdir(parents=True, exist_ok=True)
-    for name in PIPELINE_FILES:
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, work / name)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    source = FULL
-    if args.source == "three-split":
-        source = work / "fer2013-three-split.csv"
-        three_split_file(source)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    set_param(params, "data.source", str(source))
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_param(params, key, yaml.safe_load(value))
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    values = {"data.source": str(source_file(args.source, work)), **dict(map(parse_assignment, args.set))}
+    pipeline_copy(work, values)
 
     print(f"dvc repro in {work} ({args.source}, overrides {args.set or 'none'})", file=sys.stderr)
     run(["dvc", "repro", *(["validate"] if args.validate_only else [])], work)
@@ -123,9 +74,7 @@ def main() -> None:
         return
     evaluations = {"none": json.loads((work / "reports/evaluate/metrics.json").read_text())}
     for name in args.tta:
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        params["evaluate"]["tta"].update(TTA_SETTINGS[name])
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        apply_to_file(work / "params.yaml", {f"evaluate.tta.{key}": value for key, value in TTA_SETTINGS[name].items()})
         run(["dvc", "repro", "evaluate"], work)
         evaluations[name] = json.loads((work / "reports/evaluate/metrics.json").read_text())
     history = json.loads((work / "reports/train/history.json").read_text())

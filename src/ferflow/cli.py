@@ -96,6 +96,12 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     return predict_command(params, paths.find_repo_root(), args)
 
 
+def _recipe(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.recipes import recipe_command
+
+    return recipe_command(args.action, args.name, args.params, args.set or (), queue=args.queue)
+
+
 def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
     for flag, (default, help_text) in options.items():
         parser.add_argument(flag, type=Path, default=default, help=f"{help_text} (default: {default})")
@@ -212,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--annotate", type=Path, metavar="OUT", help="write annotated images to this folder")
     predict.add_argument("--no-detect", action="store_true", help="inputs are already cropped faces (FER style)")
     predict.set_defaults(handler=_predict)
+
+    recipe = stage("recipe", help="named params recipes for real FER-2013 (cpu-fast, cpu-full, gpu)")
+    recipe.add_argument("action", choices=["list", "show", "apply", "run"],
+                        help="list the recipes; show one's values and dvc command; apply it to params.yaml; "
+                        "or run it as a DVC experiment")  # fmt: skip
+    recipe.add_argument("name", nargs="?", help="recipe name")
+    recipe.add_argument("-S", "--set", action="append", metavar="KEY=VALUE",
+                        help="override one more param, as dvc exp run -S does (repeatable)")  # fmt: skip
+    recipe.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
+    recipe.set_defaults(handler=_recipe)
     return parser
 
 

@@ -122,15 +122,14 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
     from mlflow.exceptions import MlflowException
 
     from ferflow import tracking
+    from ferflow.models.layers import load_keras_model  # also registers ferflow's layers for MLflow's loader
 
     uri = model or f"models:/{model_name}@champion"
     if not uri.startswith("models:/"):
-        import keras
-
         path = Path(uri)
         if not path.is_file():
             raise ModelNotFound(f"--model {uri}: no such file")
-        loaded = keras.models.load_model(path)
+        loaded = load_keras_model(path)
         outputs = loaded.output_shape[-1]
         names = list(EMOTIONS) if outputs == len(EMOTIONS) else [f"class_{i}" for i in range(outputs)]
         return LoadedModel(loaded, names, str(path))

@@ -127,6 +127,9 @@ class OnlineAugmentParams(_Section):
     height_shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
     zoom: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
     horizontal_flip: bool = True
+    # Random erasing (Zhong et al. 2017): the largest probability that a training face has a random patch
+    # erased; each face draws its own probability up to this value (keras.layers.RandomErasing's factor).
+    erasing: Probability = 0.0
 
 
 class AugmentParams(_Section):
@@ -163,6 +166,9 @@ class TrainParams(_Section):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0
     class_weighting: bool = False
+    # Keras dtype policy. auto: mixed_bfloat16 when the backend sees a GPU, float32 otherwise (on CPU
+    # mixed precision is slower); the softmax output stays float32 either way.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
     seed: Seed = 42
 
 
@@ -184,6 +190,9 @@ class EvaluateParams(_Section):
 
 
 class CvParams(_Section):
+    # false: the stage writes a note instead of metrics (for recipes whose training alone takes most of the
+    # time budget, where K more trainings would not fit)
+    enabled: bool = True
     folds: Annotated[int, Field(ge=2, le=20)] = 5
     repeats: Annotated[int, Field(ge=1, le=10)] = 1
     seed: Seed = 42

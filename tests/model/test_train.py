@@ -220,6 +220,15 @@ def test_cv_logs_a_parent_run_with_one_nested_run_per_fold(repo):
     assert all(run.info.status == "FINISHED" for run in runs)
 
 
+def test_cv_disabled_writes_a_note_and_trains_nothing(repo, capsys):
+    params = parse_params(tiny_params(cv={"enabled": False}))
+    metrics = cv.run(params, repo / "train.npz", repo / "clean.npz", repo / "cv.json", repo)
+    assert read_json(repo / "cv.json") == metrics == {"enabled": False,
+                                                      "note": "cross-validation skipped (cv.enabled: false)"}
+    assert "cv: skipped (cv.enabled: false)" in capsys.readouterr().out
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # no MLflow run either
+
+
 def test_cv_fold_indices_are_stratified_disjoint_and_complete():
     labels = np.repeat(np.arange(4), [10, 20, 30, 40])
     folds = cv.fold_indices(labels, folds=5, repeats=2, seed=0)

@@ -1,11 +1,21 @@
 """The project's own synthetic FER data: procedurally drawn 48x48 grey faces with seven expressions.
 
-FER-2013 cannot be redistributed, so the default pipeline runs on faces drawn here. Each face has its own
-identity (shape, skin and background tone, feature sizes and spacing, hair) and an expression of random
-intensity shown by brows (height, tilt), eyes (openness) and mouth (curvature, opening, asymmetry). Nuisances
-make the task learnable but not trivial: pose (rotation, scale, shift, mirroring), lighting gradients,
-contrast, blur, sensor noise and occluders (sunglasses, a hand, a scarf). A linear model on raw pixels does
-poorly because the features move with pose; a small CNN does well.
+FER-2013 cannot be redistributed, so the default pipeline runs on faces drawn here. The task is meant to be
+hard enough that models differ, as on FER-2013, not a 99 % exercise:
+
+- **Identity.** Each face has its own shape, skin and background tone, feature sizes and spacing, hair, and
+  a resting face: brows a little tilted, mouth corners a little up or down, eyes more or less open. So one
+  person's neutral face can look like another's sad one.
+- **Confusable expressions.** Expressions come at random intensity (from faint to full) and the prototypes
+  share cues the way real ones do: fear and surprise both raise the brows and open eyes and mouth, sad and
+  neutral differ by a few pixels of brow and mouth, angry and disgust both lower the brows.
+- **Nuisances.** Pose (rotation, scale, shift, mirroring), lighting gradients, contrast, blur, sensor noise
+  and occluders (sunglasses, a hand, a scarf).
+- **Label noise.** A few faces (``LABEL_NOISE``) show an expression that their label does not name, one
+  that is easily mistaken for it, as annotators do on FER-2013.
+
+The default CNN scores about 75-80 % on the default run, logistic regression on raw pixels far less
+(``benchmarks/synthetic_difficulty.py``; pinned by ``tests/model/test_behaviour.py``).
 
 Faces are drawn at 4x resolution and box-downsampled, which anti-aliases the strokes.
 Generation is deterministic for a given ``(n_images, seed)``: every image has its own child seed, so
@@ -44,25 +54,38 @@ class _Expression:
 # Prototype expressions at full intensity; each face scales the deviation from neutral by its intensity.
 _NEUTRAL = _Expression(15, 0, 1.0, 0, 0, 1.0, 0, False)
 _PROTOTYPES: dict[str, _Expression] = {
-    "angry": _Expression(8, 9, 0.55, -3, 0, 0.8, 0, False),
-    "disgust": _Expression(9, 4, 0.45, -2, 3, 0.9, 11, False),
-    "fear": _Expression(22, -7, 1.45, -5, 12, 1.05, 0, True),
-    "happy": _Expression(17, 0, 0.5, 13, 7, 1.15, 0, True),
-    "sad": _Expression(17, -8, 0.75, -10, 0, 0.95, 0, False),
-    "surprise": _Expression(26, 0, 1.5, 0, 26, 0.55, 0, False),
+    "angry": _Expression(9, 8, 0.6, -3, 0, 0.85, 0, False),
+    "disgust": _Expression(10, 5, 0.55, -3, 2, 0.9, 8, False),
+    "fear": _Expression(22, -6, 1.35, -4, 12, 0.95, 0, True),
+    "happy": _Expression(17, 0, 0.6, 11, 6, 1.1, 0, True),
+    "sad": _Expression(16, -7, 0.75, -9, 0, 0.95, 0, False),
+    "surprise": _Expression(24, -2, 1.4, -1, 17, 0.7, 0, False),
     "neutral": _NEUTRAL,
 }
+# The expression a face mislabelled as the key shows instead: the confusions FER-2013 annotators make.
+_CONFUSED_WITH: dict[str, tuple[str, ...]] = {
+    "angry": ("disgust", "sad"),
+    "disgust": ("angry",),
+    "fear": ("surprise", "sad"),
+    "happy": ("neutral",),
+    "sad": ("neutral", "fear"),
+    "surprise": ("fear",),
+    "neutral": ("sad",),
+}
+LABEL_NOISE = 0.08  # share of faces that show a confusable expression instead of the one their label names
 
 
-def _blend(expression: _Expression, intensity: float) -> _Expression:
+def _blend(expression: _Expression, intensity: float, resting: _Expression = _NEUTRAL) -> _Expression:
+    """``resting`` (the identity's neutral face) moved towards ``expression`` by ``intensity``."""
+
     def mix(a: float, b: float) -> float:
         return a + (b - a) * intensity
 
     return _Expression(
-        brow_height=mix(_NEUTRAL.brow_height, expression.brow_height),
-        brow_tilt=mix(0, expression.brow_tilt),
-        eye_open=mix(1.0, expression.eye_open),
-        mouth_curve=mix(0, expression.mouth_curve),
+        brow_height=mix(resting.brow_height, expression.brow_height),
+        brow_tilt=mix(resting.brow_tilt, expression.brow_tilt),
+        eye_open=mix(resting.eye_open, expression.eye_open),
+        mouth_curve=mix(resting.mouth_curve, expression.mouth_curve),
         mouth_open=mix(0, expression.mouth_open),
         mouth_width=mix(1.0, expression.mouth_width),
         sneer=mix(0, expression.sneer),
@@ -78,7 +101,12 @@ def _curve(x0: float, x1: float, y0: float, bend: float, steps: int = 12) -> lis
 
 def draw_face(emotion: str, rng: np.random.Generator) -> np.ndarray:
     """One 48x48 uint8 face showing ``emotion``, with identity and nuisances drawn from ``rng``."""
-    expression = _blend(_PROTOTYPES[emotion], rng.uniform(0.8, 1.0))
+    resting = _Expression(
+        brow_height=_NEUTRAL.brow_height + rng.normal(0, 2), brow_tilt=rng.normal(0, 2.5),
+        eye_open=rng.uniform(0.8, 1.2), mouth_curve=rng.normal(0, 2.5), mouth_open=0, mouth_width=1.0,
+        sneer=0, teeth=False,
+    )  # fmt: skip
+    expression = _blend(_PROTOTYPES[emotion], rng.uniform(0.45, 1.0), resting)
     background = rng.uniform(15, 240)
     skin = rng.uniform(90, 225)
     while abs(skin - background) < 35:
@@ -147,9 +175,9 @@ def draw_face(emotion: str, rng: np.random.Generator) -> np.ndarray:
 
 def _pose(image: Image.Image, rng: np.random.Generator, background: float) -> Image.Image:
     """Random rotation, scale, shift and mirroring of the whole canvas."""
-    angle = math.radians(rng.uniform(-12, 12))
-    scale = rng.uniform(0.9, 1.12)
-    shift = rng.uniform(-4, 4, size=2) * _SUPERSAMPLE
+    angle = math.radians(rng.uniform(-18, 18))
+    scale = rng.uniform(0.85, 1.15)
+    shift = rng.uniform(-5, 5, size=2) * _SUPERSAMPLE
     c = _CANVAS / 2
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     # PIL's affine maps output to input coordinates: rotate/scale about the centre, then shift.
@@ -164,7 +192,7 @@ def _pose(image: Image.Image, rng: np.random.Generator, background: float) -> Im
 def _photometric(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Occluders, lighting gradient, contrast, blur and sensor noise; returns uint8."""
     size = IMAGE_SIZE
-    if rng.random() < 0.12:
+    if rng.random() < 0.25:
         kind = rng.integers(3)
         tone = rng.uniform(0, 255)
         if kind == 0:  # sunglasses bar over the eyes
@@ -211,35 +239,38 @@ def generate(n_images: int, seed: int, progress: bool = True) -> tuple[np.ndarra
     child_seeds = np.random.SeedSequence(seed).spawn(len(labels))
     images = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for i in tqdm(range(len(labels)), desc="drawing synthetic faces", unit="face", disable=None if progress else True):
-        images[i] = draw_face(EMOTIONS[labels[i]], np.random.default_rng(child_seeds[i]))
+        rng = np.random.default_rng(child_seeds[i])
+        images[i] = draw_face(_shown_emotion(EMOTIONS[labels[i]], rng), rng)
     return images, labels, usages
 
 
-def logistic_regression_accuracy(n_images: int, n_test_images: int, seed: int = 101) -> tuple[float, float]:
-    """How hard the task is for a linear model: (accuracy, majority-class accuracy) on fresh faces.
+def _shown_emotion(label: str, rng: np.random.Generator) -> str:
+    """The expression drawn for a face labelled ``label``: itself, or (label noise) one confused with it."""
+    if rng.random() < LABEL_NOISE:
+        return str(rng.choice(_CONFUSED_WITH[label]))
+    return label
 
-    Logistic regression on standardised raw pixels is trained on the Training rows of ``n_images`` faces,
-    its regularisation chosen on their PublicTest rows, and scored on ``n_test_images`` faces drawn with
-    another seed, so the test faces are never seen while fitting or choosing.
-    """
+
+def linear_baseline_accuracy(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                             test: tuple[np.ndarray, np.ndarray]) -> float:  # fmt: skip
+    """Accuracy on ``test`` of logistic regression on standardised raw pixels, fitted on ``train`` with its
+    regularisation chosen on ``val``: how far a linear model gets on (images, labels) pairs."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    images, labels, usages = generate(n_images, seed, progress=False)
-    flat = images.reshape(len(images), -1)
-    train, val = usages == "Training", usages == "PublicTest"
-    scaler = StandardScaler().fit(flat[train])
+    def flat(images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).astype(np.float64)
+
+    scaler = StandardScaler().fit(flat(train[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         models = [
-            LogisticRegression(C=c, max_iter=300).fit(scaler.transform(flat[train]), labels[train])
-            for c in (0.003, 0.03, 0.3)
+            LogisticRegression(C=c, max_iter=200).fit(scaler.transform(flat(train[0])), train[1])
+            for c in (0.003, 0.03)  # the best on val at 1,000-15,000 faces
         ]
-    best = max(models, key=lambda model: model.score(scaler.transform(flat[val]), labels[val]))
-    test_images, test_labels, _ = generate(n_test_images, seed + 1, progress=False)
-    accuracy = best.score(scaler.transform(test_images.reshape(len(test_images), -1)), test_labels)
-    majority = float(np.bincount(test_labels).max() / len(test_labels))
-    return float(accuracy), majority
+    best = max(models, key=lambda model: model.score(scaler.transform(flat(val[0])), val[1]))
+    return float(best.score(scaler.transform(flat(test[0])), test[1]))
+

@@ -20,6 +20,7 @@ import numpy as np
 from keras import layers
 
 from ferflow.models.architectures import ModelSpec, build_model
+from ferflow.models.layers import RandomAffine, RandomErase
 from ferflow.models.losses import class_weights, make_loss
 from ferflow.params import OnlineAugmentParams, Params, TrainParams
 
@@ -63,13 +64,11 @@ def with_online_augmentation(base: keras.Model, settings: OnlineAugmentParams) -
     steps = []
     if settings.horizontal_flip:
         steps.append(layers.RandomFlip("horizontal", name="flip"))
-    if settings.rotation_deg:
-        steps.append(layers.RandomRotation(settings.rotation_deg / 360.0, fill_mode="nearest", name="rotate"))
-    if settings.width_shift or settings.height_shift:
-        steps.append(layers.RandomTranslation(settings.height_shift, settings.width_shift, fill_mode="nearest",
-                                              name="shift"))  # fmt: skip
-    if settings.zoom:
-        steps.append(layers.RandomZoom(settings.zoom, fill_mode="nearest", name="zoom"))
+    if settings.rotation_deg or settings.zoom or settings.width_shift or settings.height_shift:
+        steps.append(RandomAffine(settings.rotation_deg, settings.zoom, settings.width_shift,
+                                  settings.height_shift, name="affine"))  # fmt: skip
+    if settings.erasing:
+        steps.append(RandomErase(settings.erasing, name="erase"))
     if not steps:
         return base
     inputs = keras.Input(base.input_shape[1:], name="image")
@@ -98,8 +97,19 @@ def cosine_with_warmup(settings: TrainParams):
     return learning_rate
 
 
+def dtype_policy(precision: str) -> str:
+    """The Keras dtype policy for ``train.precision``; ``auto`` asks the backend whether it has a GPU."""
+    if precision != "auto":
+        return precision
+    from ferflow.tracking import device
+
+    return "mixed_bfloat16" if device()[0] == "GPU" else "float32"
+
+
 def compiled_model(params: Params, n_classes: int) -> keras.Model:
     settings = params.train
+    # Set before building: layers take the global policy when they are created.
+    keras.mixed_precision.set_dtype_policy(dtype_policy(settings.precision))
     model = with_online_augmentation(build_model(model_spec(params, n_classes)), params.augment.online)
     model.compile(
         optimizer=make_optimizer(settings),

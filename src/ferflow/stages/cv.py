@@ -49,6 +49,11 @@ def summarise(fold_scores: list[dict[str, float]]) -> dict[str, dict[str, float]
 
 
 def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Path, repo_root: Path) -> dict[str, Any]:
+    if not params.cv.enabled:
+        skipped = {"enabled": False, "note": "cross-validation skipped (cv.enabled: false)"}
+        write_json(metrics_out, skipped)
+        print("cv: skipped (cv.enabled: false); the model card will have no cross-validation section")
+        return skipped
     train = read_npz(train_arrays)
     clean = read_npz(clean_arrays)
     class_names = [str(name) for name in train["class_names"]]

@@ -81,8 +81,9 @@ def run(
     plots_dir: Path,
     repo_root: Path,
 ) -> dict[str, Any]:
-    import keras
     import mlflow
+
+    from ferflow.models.layers import load_keras_model
 
     facts = read_json(run_info)
     clean = read_npz(clean_arrays)
@@ -100,7 +101,7 @@ def run(
                         f"beside ({facts['test_hash']}); rerun the train stage")  # fmt: skip
     val_images, val_labels = clean["images"][is_val], clean["labels"][is_val]
 
-    model = keras.models.load_model(model_path)
+    model = load_keras_model(model_path)
     proba = predict_with_tta(model, images)
     scores = classification_metrics(labels, proba, class_names)
     val_scores = classification_metrics(val_labels, predict_with_tta(model, val_images), class_names)

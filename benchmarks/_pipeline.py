@@ -1,0 +1,71 @@
+"""Shared by the real-data benchmarks: the three-split FER-2013 file and a temporary copy of the pipeline.
+
+``three_split_file`` builds a complete three-split file from ``../shared/data/fer2013-train-publictest.csv.gz``:
+a stratified 3,589 of its Training rows (the size of the real PrivateTest) relabelled ``PrivateTest``; the
+copies FER-2013 has within Training then become natural train-test leaks for validate to remove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+FULL = REPO.parent / "shared" / "data" / "fer2013-train-publictest.csv.gz"
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+
+
+def three_split_file(out: Path, private_rows: int = 3589, seed: int = 2013) -> None:
+    table = pd.read_csv(FULL, dtype={"pixels": str})
+    training = table[table["Usage"] == "Training"]
+    fraction = private_rows / len(training)
+    private = training.groupby("emotion", group_keys=False).sample(frac=fraction, random_state=seed).index
+    table.loc[private, "Usage"] = "PrivateTest"
+    table.to_csv(out, index=False)
+
+
+def source_file(kind: str, work: Path) -> Path:
+    """The data source for ``kind``: ``three-split`` (built in ``work``) or ``train-publictest`` (as shared)."""
+    if not FULL.is_file():
+        raise SystemExit(f"{FULL} is not there: this benchmark needs the shared FER-2013 file")
+    if kind == "train-publictest":
+        return FULL
+    source = work / "fer2013-three-split.csv"
+    if not source.is_file():
+        three_split_file(source)
+    return source
+
+
+def pipeline_copy(work: Path, values: dict[str, Any]) -> Path:
+    """A git checkout of the pipeline files in ``work`` with ``values`` (dotted keys) set in params.yaml."""
+    from ferflow.recipes import apply_to_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    apply_to_file(work / "params.yaml", values)
+    return work
+
+
+def run(command: list[str], cwd: Path) -> tuple[str, float]:
+    """Run ``command`` with this environment's tools first on PATH; (stdout, seconds). Exits on failure."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    print(f"  {' '.join(command)}: {seconds:.0f} s", file=sys.stderr)
+    return result.stdout, seconds

@@ -1,0 +1,234 @@
+"""Named recipes: sets of params values for real FER-2013, measured on the shared full file.
+
+A recipe is only a list of ``params.yaml`` keys and values. It is applied the DVC way, so each stage still
+reruns only when a key it declares changes:
+
+- ``ferflow recipe run cpu-fast -S data.source=...`` runs ``dvc exp run -n cpu-fast -S key=value ...``
+  (add ``--queue`` to queue it for ``dvc queue start``);
+- ``ferflow recipe apply cpu-full`` writes the values into ``params.yaml`` (comments kept), for a plain
+  ``dvc repro`` and a commit.
+
+The figures each recipe reaches, and the command that measures them, are in README ("Recipes") and
+``benchmarks/recipes.py``. No recipe names a data source: real data stays outside the repository.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferflow.errors import ParamsError
+from ferflow.params import Params, parse_params
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    values: dict[str, Any] = field(default_factory=dict)  # dotted params key -> value
+
+
+# The shared training choices of the FER-2013 literature (../shared/guide/model-recipes.md), scaled to
+# what 2 CPU cores can run: a VGG-style net with global average pooling, mirror + small rotation, shift and
+# zoom + random erasing, label smoothing, SGD with Nesterov momentum on a cosine schedule with warm-up.
+_LITERATURE_AUGMENTATION = {
+    "augment.online.horizontal_flip": True,
+    "augment.online.rotation_deg": 10,
+    "augment.online.width_shift": 0.1,
+    "augment.online.height_shift": 0.1,
+    "augment.online.zoom": 0.1,
+    "augment.online.erasing": 0.5,
+}
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            "cpu-fast",
+            "the default 10 % subsample on 2 CPU cores: whole DAG in about 10 minutes",
+            {
+                **_LITERATURE_AUGMENTATION,
+                "model.architecture": "simple_cnn",
+                "model.width": 32,
+                "model.dropout": 0.4,
+                "train.epochs": 30,
+                "train.batch_size": 64,
+                "train.optimizer": "adamw",
+                "train.learning_rate": 0.002,
+                "train.weight_decay": 0.0005,
+                "train.schedule": "cosine",
+                "train.warmup_epochs": 2,
+                "train.early_stopping_patience": 30,
+                "train.label_smoothing": 0.1,
+                # Two folds cost about one more training; five would not fit in ten minutes
+                "cv.folds": 2,
+                "evaluate.tta.flip": True,
+                "evaluate.tta.crops": 4,
+            },
+        ),
+        Recipe(
+            "cpu-full",
+            "all of Training on 2 CPU cores: training in at most 30 minutes",
+            {
+                **_LITERATURE_AUGMENTATION,
+                # Half the erasing and less dropout than cpu-fast: with 25,000 faces and about 20 epochs the
+                # model underfits (train accuracy below val) rather than overfits.
+                "augment.online.erasing": 0.25,
+                "subsample.fraction": 1.0,
+                "augment.oversample.enabled": False,
+                "model.architecture": "simple_cnn",
+                "model.width": 48,
+                "model.dense_units": 256,
+                "model.dropout": 0.3,
+                "train.epochs": 21,
+                "train.batch_size": 64,
+                "train.optimizer": "adamw",
+                "train.learning_rate": 0.002,
+                "train.weight_decay": 0.0005,
+                "train.schedule": "cosine",
+                "train.warmup_epochs": 1,
+                "train.early_stopping_patience": 21,
+                "train.label_smoothing": 0.1,
+                # K more trainings of 25 minutes do not fit: `-S cv.enabled=true` when there is time
+                "cv.enabled": False,
+                "evaluate.tta.flip": True,
+                "evaluate.tta.crops": 4,
+            },
+        ),
+        Recipe(
+            "gpu",
+            "the strongest single model for one GPU (KERAS_BACKEND=jax), mixed precision, 5-fold ensemble",
+            {
+                **_LITERATURE_AUGMENTATION,
+                "subsample.fraction": 1.0,
+                "augment.oversample.enabled": False,
+                "model.architecture": "vgg",
+                "model.width": 64,
+                "model.depth": 4,
+                "model.dropout": 0.4,
+                "model.dense_units": 512,
+                "train.epochs": 100,
+                "train.batch_size": 128,
+                "train.optimizer": "sgd",
+                "train.learning_rate": 0.05,
+                "train.weight_decay": 0.0005,
+                "train.schedule": "cosine",
+                "train.warmup_epochs": 3,
+                "train.early_stopping_patience": 100,
+                "train.label_smoothing": 0.1,
+                "train.precision": "auto",
+                "cv.folds": 5,
+                "cv.ensemble": True,
+                "evaluate.tta.flip": True,
+                "evaluate.tta.crops": 4,
+                "register.require_gpu": True,
+            },
+        ),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ParamsError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}") from None
+
+
+def parse_assignment(assignment: str) -> tuple[str, Any]:
+    """``key=value`` as ``dvc exp run -S`` takes it, the value read as YAML (``40``, ``true``, ``[a, b]``)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"{assignment!r}: expected key=value, e.g. train.epochs=40")
+    return key.strip(), yaml.safe_load(text) if text.strip() else None
+
+
+def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping ``raw`` with each dotted key set to its value."""
+    merged = copy.deepcopy(raw)
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"{dotted}: {part} is not a section of params")
+        node[leaf] = value
+    return merged
+
+
+def resolve(recipe: Recipe, raw: dict[str, Any], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Params]:
+    """The recipe's values (then ``overrides``) over ``raw``, checked: a bad key or value is an error
+    before any work starts."""
+    values = {**recipe.values, **dict(parse_assignment(item) for item in overrides)}
+    return values, parse_params(with_values(raw, values), source=f"params.yaml with recipe {recipe.name}")
+
+
+def set_arguments(values: dict[str, Any]) -> list[str]:
+    """``-S key=value`` arguments for ``dvc exp run``, each value written as YAML flow text."""
+    arguments = []
+    for key, value in values.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        arguments += ["-S", f"{key}={text}"]
+    return arguments
+
+
+def dvc_command(recipe: Recipe, values: dict[str, Any], queue: bool = False) -> list[str]:
+    return ["dvc", "exp", "run", "-n", recipe.name, *(["--queue"] if queue else []), *set_arguments(values)]
+
+
+def apply_to_file(params_file: Path, values: dict[str, Any]) -> None:
+    """Write ``values`` into ``params_file`` in place, keeping its comments and layout (ruamel round trip,
+    as ``dvc exp run -S`` does). Written aside and renamed: a failure leaves the file as it was."""
+    from ruamel.yaml import YAML
+
+    editor = YAML()
+    editor.preserve_quotes = True
+    document = editor.load(params_file.read_text(encoding="utf-8"))
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for part in parents:
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    staged = params_file.with_name(f".{params_file.name}.recipe")
+    with staged.open("w", encoding="utf-8") as handle:
+        editor.dump(document, handle)
+    staged.replace(params_file)
+
+
+def recipe_command(action: str, name: str | None, params_file: Path, overrides: Sequence[str] = (),
+                   queue: bool = False) -> int:  # fmt: skip
+    """``ferflow recipe list|show|apply|run [NAME] [-S key=value ...]``."""
+    import shlex
+    import subprocess
+
+    if action == "list" or name is None:
+        if action != "list":
+            raise ParamsError(f"ferflow recipe {action} needs a recipe name: {', '.join(RECIPES)}")
+        for recipe in RECIPES.values():
+            print(f"{recipe.name:<10} {recipe.summary}")
+        return 0
+    recipe = get_recipe(name)
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    values, _ = resolve(recipe, raw, overrides)  # any bad value stops here, before DVC or a file is touched
+    command = dvc_command(recipe, values, queue=queue)
+    if action == "show":
+        print(f"# {recipe.name}: {recipe.summary}")
+        for key, value in values.items():
+            print(f"{key}: {value!r}")
+        print(f"\n{shlex.join(command)}")
+        return 0
+    if action == "apply":
+        apply_to_file(params_file, values)
+        print(f"recipe {recipe.name}: {len(values)} values written into {params_file}; `dvc repro` runs it")
+        return 0
+    print(shlex.join(command), flush=True)
+    return subprocess.run(command, check=False).returncode
