@@ -96,7 +96,7 @@ def bare_model_speed(work: Path, model_file: Path, epochs_images: int) -> float:
         layer for layer in trained.layers if isinstance(layer, keras.Model) and layer.name != "online_augmentation"
     ]
     network = keras.models.clone_model(inner[0] if inner else trained)
-    network.compile(optimizer=make_optimizer(params.train), loss="categorical_crossentropy")
+    network.compile(optimizer=make_optimizer(params.train), loss="categorical_crossentropy", jit_compile=False)
     train = read_npz(work / "data/processed/train.npz")
     count = min(epochs_images, len(train["labels"]), 8192)
     x, y = to_inputs(train["images"][:count]), one_hot(train["labels"][:count], network.output_shape[-1])
