@@ -148,17 +148,24 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(text) if text.strip() else None
 
 
+def _set(document: Any, dotted: str, value: Any) -> None:
+    """Set ``dotted`` (``train.epochs``) in a nested mapping, creating missing sections."""
+    *parents, leaf = dotted.split(".")
+    node = document
+    for part in parents:
+        if part not in node:
+            node[part] = {}
+        node = node[part]
+        if not hasattr(node, "__setitem__"):
+            raise ParamsError(f"{dotted}: {part} is not a section of params")
+    node[leaf] = value
+
+
 def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A copy of the params mapping ``raw`` with each dotted key set to its value."""
     merged = copy.deepcopy(raw)
     for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = merged
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ParamsError(f"{dotted}: {part} is not a section of params")
-        node[leaf] = value
+        _set(merged, dotted, value)
     return merged
 
 
@@ -191,13 +198,7 @@ def apply_to_file(params_file: Path, values: dict[str, Any]) -> None:
     editor.preserve_quotes = True
     document = editor.load(params_file.read_text(encoding="utf-8"))
     for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = document
-        for part in parents:
-            if part not in node:
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
+        _set(document, dotted, value)
     staged = params_file.with_name(f".{params_file.name}.recipe")
     with staged.open("w", encoding="utf-8") as handle:
         editor.dump(document, handle)
