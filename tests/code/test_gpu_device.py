@@ -1,0 +1,65 @@
+"""The packing that carries validated faces to the GPU machine is lossless and refuses a damaged copy."""
+
+from __future__ import annotations
+
+import importlib.util
+import lzma
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_device.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_device():
+    spec = importlib.util.spec_from_file_location("gpu_device", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _clean(path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    arrays = {
+        # Extremes and flat areas exercise the predictor's clipping and the modular residual.
+        "images": np.concatenate(
+            [rng.integers(0, 256, (40, 48, 48)), np.zeros((2, 48, 48)), np.full((2, 48, 48), 255)]
+        ).astype(np.uint8),
+        "labels": rng.integers(0, 7, 44),
+        "splits": np.array(["train"] * 30 + ["val"] * 7 + ["test"] * 7),
+        "class_names": np.array(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]),
+        "quality": np.array('{"malformed_rows": 0}'),
+    }
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+def test_pack_then_unpack_gives_back_every_array_exactly(gpu_device, tmp_path):
+    arrays = _clean(tmp_path / "clean.npz")
+    gpu_device.pack(tmp_path / "clean.npz", tmp_path / "carry", parts=3)
+    parts = sorted((tmp_path / "carry").glob("images.xz.*"))
+    assert [p.name for p in parts] == ["images.xz.1", "images.xz.2", "images.xz.3"]
+    gpu_device.unpack(tmp_path / "carry" / "clean-meta.npz", tmp_path / "rebuilt.npz", parts)
+    rebuilt = np.load(tmp_path / "rebuilt.npz")
+    assert sorted(rebuilt.files) == sorted(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(rebuilt[key], value)
+
+
+def test_a_damaged_part_is_refused(gpu_device, tmp_path):
+    _clean(tmp_path / "clean.npz")
+    gpu_device.pack(tmp_path / "clean.npz", tmp_path / "carry", parts=2)
+    parts = sorted((tmp_path / "carry").glob("images.xz.*"))
+    with pytest.raises((SystemExit, lzma.LZMAError)):
+        # the parts in the wrong order: lzma's checks or the SHA-256 comparison must catch it
+        gpu_device.unpack(tmp_path / "carry" / "clean-meta.npz", tmp_path / "rebuilt.npz", parts[::-1])
+    assert not (tmp_path / "rebuilt.npz").exists()
+
+
+def test_stages_refuses_a_stage_the_dag_does_not_declare(gpu_device, tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: ferflow train\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="has no stage 'tarin'; it has train"):
+        gpu_device.stages(["tarin"])
