@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 @pytest.mark.real_data
 def test_repro_on_the_shared_full_file_with_default_data_settings(repo, real_full):
     """All of Training + PublicTest, every data param at its default (10 % subsample): FER-2013's own copies and
-    blank faces pass the gate with a note, and the pipeline goes on through registration (tiny model)."""
+    blank faces pass the gate with a note, and the training data is written. (Training, evaluation and
+    registration on real faces are covered by the three-split test below.)"""
     edit_params(repo, data__source=str(real_full), subsample__fraction=0.1)
-    result = run(["dvc", "repro"], repo)
+    result = run(["dvc", "repro", "augment"], repo)
     assert "validate: note:" in result.stdout
     manifest = json.loads((repo / "data/raw/manifest.json").read_text())
     assert manifest["by_usage"] == {"PublicTest": 3589, "Training": 28709}
@@ -32,10 +33,8 @@ def test_repro_on_the_shared_full_file_with_default_data_settings(repo, real_ful
     assert metrics["passed"] and metrics["rows"] == pytest.approx(3230, abs=5)
     assert "carved from Training" in metrics["split_provenance"]["test"]
     assert metrics["split_provenance"]["val"] == "Usage PublicTest"
-    test_metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
-    assert test_metrics["test_rows"] == metrics["split_sizes"]["test"] and 0.0 <= test_metrics["f1_macro"] <= 1.0
-    assert test_metrics["val"]["rows"] == metrics["split_sizes"]["val"]
-    assert json.loads((repo / "reports/register/registration.json").read_text())["champion_version"] == 1
+    summary = json.loads((repo / "reports/augment/summary.json").read_text())
+    assert summary["rows_before"] == metrics["split_sizes"]["train"] and summary["rows_after"] >= summary["rows_before"]
 
 
 def three_split_fer(full: Path, out: Path) -> dict[str, list[str]]:
@@ -76,7 +75,7 @@ def test_repro_on_a_complete_three_split_fer_file_keeps_the_test_split_and_remov
     planted = three_split_fer(real_full, source)
     table = pd.read_csv(source, dtype={"pixels": str})
     n_test = int((table["Usage"] == "PrivateTest").sum())
-    edit_params(repo, data__source=str(source), subsample__fraction=1.0)
+    edit_params(repo, data__source=str(source), subsample__fraction=1.0, cv__enabled=False)  # cv: synthetic e2e
     run(["dvc", "repro"], repo)
 
     metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
@@ -107,6 +106,9 @@ def test_repro_on_a_complete_three_split_fer_file_keeps_the_test_split_and_remov
     run_info = json.loads((repo / "reports/train/run.json").read_text())
     tags = client.get_run(run_info["run_id"]).data.tags
     assert int(tags["ferflow.data.copies.train-test"]) == pairs["train-test"]
+    test_metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert test_metrics["test_rows"] == n_test and 0.0 <= test_metrics["f1_macro"] <= 1.0
+    assert test_metrics["val"]["rows"] == metrics["split_sizes"]["val"]
     registration = json.loads((repo / "reports/register/registration.json").read_text())
     assert registration["champion_version"] == 1 and registration["metric"] == "valid_f1_macro"
     card = (repo / "reports/register/model_card.md").read_text()
