@@ -169,6 +169,9 @@ class TrainParams(_Section):
     # Keras dtype policy. auto: mixed_bfloat16 when the backend sees a GPU, float32 otherwise (on CPU
     # mixed precision is slower); the softmax output stays float32 either way.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
+    # auto: data-parallel (keras.distribution.DataParallel) over every device the backend lists when there
+    # are several, each batch split between them (JAX; Keras' distribution API has no other backend yet)
+    distribution: Literal["auto", "none"] = "auto"
     seed: Seed = 42
 
 

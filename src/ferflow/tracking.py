@@ -93,15 +93,19 @@ def _cpu_name() -> str:
 
 
 def runtime_tags(repo_root: Path) -> dict[str, str]:
+    """What the run ran on, as the backend reports it; ``ferflow.data_parallel_devices`` is how many devices
+    each batch is split over under the distribution Keras holds now (set by ``compiled_model``)."""
     import keras
 
     device_type, device_name = device()
+    distribution = keras.distribution.distribution()
     return {
         "ferflow.git_commit": git_commit(repo_root),
         "ferflow.keras_backend": keras.backend.backend(),
         "ferflow.keras_version": keras.__version__,
         "ferflow.device_type": device_type,
         "ferflow.device_name": device_name,
+        "ferflow.data_parallel_devices": str(distribution.device_mesh.devices.size if distribution else 1),
     }
 
 

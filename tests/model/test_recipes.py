@@ -78,35 +78,46 @@ GPU_RECIPE_UNDER_JAX = textwrap.dedent("""
     import json, sys
     import keras, numpy as np, yaml
     from ferflow.data.synthetic import generate
-    from ferflow.models.training import fit, predict_proba
+    from ferflow.errors import ParamsError
+    from ferflow.models.training import data_parallel_count, data_parallel_devices, fit, predict_proba
     from ferflow.recipes import RECIPES, resolve
     raw = yaml.safe_load(open(sys.argv[1]))
     tiny = {tiny!r}
     params = resolve(RECIPES["gpu"], raw, [*tiny, "model.depth=2", "train.precision=mixed_bfloat16"])[1]
-    images, labels, usages = generate(240, seed=9, progress=False)
+    try:
+        data_parallel_devices(params.train.model_copy(update={{"batch_size": 33}}))
+        refused = ""
+    except ParamsError as error:
+        refused = str(error)
+    images, labels, usages = generate(241, seed=9, progress=False)  # odd counts: uneven last batches
     val = usages == "PublicTest"
     result = fit(params, images[~val], labels[~val], images[val], labels[val], 7, verbose=0)
     result.model.save(sys.argv[2])
     print(json.dumps({{"backend": keras.backend.backend(), "policy": keras.mixed_precision.dtype_policy().name,
                        "architecture": params.model.architecture, "epochs": len(result.history),
-                       "proba": predict_proba(result.model, images[val][:16]).tolist()}}))
+                       "devices": data_parallel_count(), "refused": refused,
+                       "proba": predict_proba(result.model, images[val][:15]).tolist()}}))
 """)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install ferflow[jax])")
-def test_the_gpu_recipe_trains_under_jax_in_mixed_precision_and_loads_under_tensorflow(tmp_path):
+def test_the_gpu_recipe_trains_data_parallel_under_jax_in_mixed_precision_and_loads_under_tensorflow(tmp_path):
+    """Two virtual JAX devices stand in for two GPUs: train.distribution auto splits each batch over both."""
     model_file = tmp_path / "gpu-tiny.keras"
     script = GPU_RECIPE_UNDER_JAX.format(tiny=TINY)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
     result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT / "params.yaml"), str(model_file)],
                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     assert facts["backend"] == "jax" and facts["policy"] == "mixed_bfloat16"
-    assert facts["architecture"] == "vgg" and facts["epochs"] == 1
+    assert facts["architecture"] == "vgg" and facts["epochs"] == 1 and facts["devices"] == 2
+    assert facts["refused"].startswith("train.batch_size: 33 does not split evenly over the 2 devices")
     jax_proba = np.asarray(facts["proba"])
-    images, _, usages = generate(240, seed=9, progress=False)
+    assert jax_proba.shape == (15, 7)  # an odd count: padded for the two devices, the padding dropped
+    images, _, usages = generate(241, seed=9, progress=False)
     loaded = keras.models.load_model(model_file)
-    tf_proba = predict_proba(loaded, images[usages == "PublicTest"][:16])
+    tf_proba = predict_proba(loaded, images[usages == "PublicTest"][:15])
     np.testing.assert_allclose(tf_proba.sum(axis=1), 1.0, atol=1e-3)
     assert (tf_proba.argmax(1) == jax_proba.argmax(1)).mean() >= 0.9  # same labels, bfloat16 round-off aside

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from ferflow.errors import ParamsError
 from ferflow.models.architectures import ModelSpec, build_model
 from ferflow.models.layers import RandomAffine, RandomErase
 from ferflow.models.losses import class_weights, make_loss
@@ -106,10 +107,34 @@ def dtype_policy(precision: str) -> str:
     return "mixed_bfloat16" if device()[0] == "GPU" else "float32"
 
 
+def data_parallel_devices(settings: TrainParams) -> list[str]:
+    """The devices a batch is split over: all the backend lists when ``train.distribution`` is auto, the
+    backend is JAX and it has several; otherwise none (Keras places the model on its default device)."""
+    if settings.distribution == "none" or keras.backend.backend() != "jax":
+        return []
+    devices = keras.distribution.list_devices()
+    if len(devices) < 2:
+        return []
+    if settings.batch_size % len(devices):
+        raise ParamsError(
+            f"train.batch_size: {settings.batch_size} does not split evenly over the {len(devices)} devices that "
+            f"train.distribution: auto uses; use a multiple of {len(devices)}, or train.distribution: none"
+        )
+    return devices
+
+
+def configure_distribution(settings: TrainParams) -> int:
+    """Set (or clear) Keras' global distribution for ``settings``; the number of devices a batch is split over."""
+    devices = data_parallel_devices(settings)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices) if devices else None)
+    return max(len(devices), 1)
+
+
 def compiled_model(params: Params, n_classes: int) -> keras.Model:
     settings = params.train
-    # Set before building: layers take the global policy when they are created.
+    # Set before building: layers take the global policy and distribution when they are created.
     keras.mixed_precision.set_dtype_policy(dtype_policy(settings.precision))
+    configure_distribution(settings)
     model = with_online_augmentation(build_model(model_spec(params, n_classes)), params.augment.online)
     model.compile(
         optimizer=make_optimizer(settings),
@@ -195,12 +220,22 @@ def fit(
     settings = params.train
     model = model if model is not None else compiled_model(params, n_classes)
     best = BestWeights(best_weights)
+    weights = class_weights(labels, n_classes) if settings.class_weighting else None
+    inputs: dict = {"x": to_inputs(images), "y": one_hot(labels, n_classes), "class_weight": weights}
+    validation = (to_inputs(val_images), one_hot(val_labels, n_classes))
+    devices = data_parallel_count()
+    if devices > 1:
+        # A data-parallel batch must split evenly over the devices; Keras' array input ends each epoch with
+        # an uneven batch, so the rows go through batches that leave out fewer than `devices` rows an epoch.
+        row_weights = None if weights is None else np.array([weights[int(j)] for j in labels], np.float32)
+        inputs = {"x": _EvenBatches(inputs["x"], inputs["y"], settings.batch_size, devices, row_weights,
+                                    settings.seed)}  # fmt: skip
+        usable = len(val_images) - len(val_images) % devices  # val scores leave out at most devices-1 faces
+        validation = (validation[0][:usable], validation[1][:usable])
     started = time.perf_counter()
     fitted = model.fit(
-        to_inputs(images), one_hot(labels, n_classes),
-        validation_data=(to_inputs(val_images), one_hot(val_labels, n_classes)),
-        epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
-        class_weight=class_weights(labels, n_classes) if settings.class_weighting else None,
+        **inputs, validation_data=validation,
+        epochs=settings.epochs, batch_size=None if devices > 1 else settings.batch_size, shuffle=True,
         callbacks=[*schedule_callbacks(settings), best, *extra_callbacks],  # best is saved before any backup
         # One line per epoch in a log file or CI; the live bar only on a terminal.
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
@@ -213,4 +248,40 @@ def fit(
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.asarray(model.predict(to_inputs(images), batch_size=batch_size, verbose=0), dtype=np.float64)
+    inputs = to_inputs(images)
+    devices = data_parallel_count()
+    if devices > 1:  # every batch must split evenly over the devices: pad, then drop the padding's answers
+        batch_size = max(devices, batch_size - batch_size % devices)
+        inputs = np.concatenate([inputs, np.zeros((-len(inputs) % devices, *inputs.shape[1:]), inputs.dtype)])
+    probabilities = model.predict(inputs, batch_size=batch_size, verbose=0)[: len(images)]
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+def data_parallel_count() -> int:
+    distribution = keras.distribution.distribution()
+    return int(distribution.device_mesh.devices.size) if distribution is not None else 1
+
+
+class _EvenBatches(keras.utils.PyDataset):
+    """Batches of a fresh shuffle each epoch, every one a multiple of ``multiple`` rows: the fewer than
+    ``multiple`` rows that would make the last batch uneven sit out that epoch (different rows each time)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, multiple: int,
+                 sample_weight: np.ndarray | None, seed: int):  # fmt: skip
+        super().__init__()
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.batch_size = batch_size
+        self.usable = len(x) - len(x) % multiple
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(self.usable / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        rows = self.order[index * self.batch_size : min((index + 1) * self.batch_size, self.usable)]
+        batch = (self.x[rows], self.y[rows])
+        return batch if self.sample_weight is None else (*batch, self.sample_weight[rows])
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))

@@ -22,7 +22,7 @@ from ferflow.errors import DataError, ParamsError
 from ferflow.io import read_npz, write_json
 from ferflow.models.architectures import check_weights
 from ferflow.models.evaluation import classification_metrics, flat_metrics
-from ferflow.models.training import fit, model_spec, predict_proba, seed_everything
+from ferflow.models.training import configure_distribution, fit, model_spec, predict_proba, seed_everything
 from ferflow.params import Params
 
 SUMMARISED = ("accuracy", "f1_macro", "f1_weighted", "auc", "loss")
@@ -75,6 +75,7 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
 
     data_tags = tracking.data_tags(train, clean)
     architecture = params.model.architecture
+    configure_distribution(params.train)  # before the run's tags, which report it
     parent_tags = {**tracking.runtime_tags(repo_root), **data_tags, "ferflow.stage": "cv",
                    "ferflow.architecture": architecture}  # fmt: skip
     fold_rows: list[dict[str, Any]] = []

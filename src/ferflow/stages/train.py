@@ -25,7 +25,14 @@ from ferflow import tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_path, read_npz, write_json
 from ferflow.models.architectures import check_weights
-from ferflow.models.training import compiled_model, fit, model_spec, seed_everything, to_inputs
+from ferflow.models.training import (
+    compiled_model,
+    data_parallel_count,
+    fit,
+    model_spec,
+    seed_everything,
+    to_inputs,
+)
 from ferflow.params import Params
 from ferflow.plots import save_figure, training_curves
 
@@ -159,7 +166,10 @@ def run(
         mlflow.log_figure(figure, "plots/training_curves.png")
         mlflow.log_dict(history, "history.json")
         model_info = tracking.log_keras_model(
-            model, to_inputs(clean["images"][is_val][:2]), pip_requirements=[f"keras=={keras.__version__}"]
+            # two faces per device: a data-parallel model predicts only batches that split evenly
+            model,
+            to_inputs(clean["images"][is_val][: 2 * data_parallel_count()]),
+            pip_requirements=[f"keras=={keras.__version__}"],
         )
         mlflow.set_tag("ferflow.model_uri", model_info.model_uri)  # what the register stage registers
         mlflow.log_dict(_class_counts(clean, class_names), "data/class_counts.json")
