@@ -102,6 +102,12 @@ def _recipe(args: argparse.Namespace, params: Params) -> int:
     return recipe_command(args.action, args.name, args.params, args.set or (), queue=args.queue)
 
 
+def _server(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.server import server_command
+
+    return server_command(args.action, args.root, args.port, args.pg_port)
+
+
 def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
     for flag, (default, help_text) in options.items():
         parser.add_argument(flag, type=Path, default=default, help=f"{help_text} (default: {default})")
@@ -228,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one more param, as dvc exp run -S does (repeatable)")  # fmt: skip
     recipe.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     recipe.set_defaults(handler=_recipe)
+
+    server = stage("server", help="a shared MLflow tracking server: PostgreSQL store, artifacts served (start/stop)")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument("--root", type=Path, default=Path(".mlflow-server"),
+                        help="PostgreSQL cluster, artifacts and logs (default: .mlflow-server)")  # fmt: skip
+    server.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default: 5000)")
+    server.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port on 127.0.0.1 (default: 5433)")
+    server.set_defaults(handler=_server)
     return parser
 
 

@@ -110,10 +110,13 @@ def runtime_tags(repo_root: Path) -> dict[str, str]:
 
 
 def experiment_id(client, name: str, repo_root: Path) -> str:
-    """The id of experiment ``name``, created with its artifacts under ``<repo>/mlruns`` if it is new."""
+    """The id of experiment ``name``, created if it is new: with its artifacts under ``<repo>/mlruns`` for a
+    local store; where the server says for a tracking server (``--serve-artifacts``: uploaded through it)."""
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
+    if tracking_uri(repo_root).startswith(("http://", "https://")):
+        return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=artifact_location(repo_root))
 
 
