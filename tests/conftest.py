@@ -34,6 +34,21 @@ def synthetic_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images.copy(), labels.copy(), usages.copy()
 
 
+def write_stage_arrays(folder: Path, images: np.ndarray, labels: np.ndarray, usages: np.ndarray) -> None:
+    """``clean.npz`` (train/val/test from the usages) and the not oversampled ``train.npz`` in ``folder``, as
+    the validate and augment stages write them."""
+    from ferflow.io import write_npz
+    from ferflow.schema import EMOTIONS
+
+    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
+    names = np.array(EMOTIONS)
+    write_npz(folder / "clean.npz", images=images, labels=labels, splits=splits, class_names=names)
+    is_train = splits == "train"
+    write_npz(folder / "train.npz", images=images[is_train], labels=labels[is_train],
+              source_index=np.arange(is_train.sum()), is_augmented=np.zeros(is_train.sum(), bool),
+              class_names=names)  # fmt: skip
+
+
 @pytest.fixture
 def synthetic_table(synthetic_arrays) -> pd.DataFrame:
     """The synthetic faces as a canonical FER table (emotion as text, as read from a CSV)."""

@@ -11,15 +11,14 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import sqlalchemy
 
 from ferflow import server
-from ferflow.io import read_json, write_npz
+from ferflow.io import read_json
 from ferflow.params import parse_params
-from ferflow.schema import EMOTIONS
 from ferflow.stages import evaluate, register, train
+from tests.conftest import write_stage_arrays
 
 pytestmark = pytest.mark.skipif(
     not server.postgres_available() or importlib.util.find_spec("psycopg2") is None,
@@ -57,14 +56,7 @@ def test_train_evaluate_register_log_runs_artifacts_and_the_champion_to_the_serv
 ):
     uri, root, pg_port = tracking_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    images, labels, usages = synthetic_arrays
-    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
-    names = np.array(EMOTIONS)
-    write_npz(tmp_path / "clean.npz", images=images, labels=labels, splits=splits, class_names=names)
-    is_train = splits == "train"
-    write_npz(tmp_path / "train.npz", images=images[is_train], labels=labels[is_train],
-              source_index=np.arange(is_train.sum()), is_augmented=np.zeros(is_train.sum(), bool),
-              class_names=names)  # fmt: skip
+    write_stage_arrays(tmp_path, *synthetic_arrays)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     params = parse_params({"model": {"architecture": "vgg", "width": 4, "depth": 2, "dense_units": 8},
                            "train": {"epochs": 2, "batch_size": 64}})  # fmt: skip

@@ -20,7 +20,7 @@ from ferflow.io import read_json, read_npz, write_npz
 from ferflow.params import parse_params
 from ferflow.schema import EMOTIONS
 from ferflow.stages import cv, evaluate, train
-from tests.conftest import PIXEL_STEP, pixel_reader
+from tests.conftest import PIXEL_STEP, pixel_reader, write_stage_arrays
 
 TINY = {
     "model": {"architecture": "vgg", "width": 4, "depth": 2, "dense_units": 8},
@@ -40,14 +40,7 @@ def tiny_params(**sections) -> dict:
 def repo(tmp_path, synthetic_arrays, monkeypatch):
     """A folder with dvc.yaml, the clean arrays and the (not oversampled) training arrays of 400 faces."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    images, labels, usages = synthetic_arrays
-    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
-    names = np.array(EMOTIONS)
-    write_npz(tmp_path / "clean.npz", images=images, labels=labels, splits=splits, class_names=names)
-    is_train = splits == "train"
-    write_npz(tmp_path / "train.npz", images=images[is_train], labels=labels[is_train],
-              source_index=np.arange(is_train.sum()), is_augmented=np.zeros(is_train.sum(), bool),
-              class_names=names)  # fmt: skip
+    write_stage_arrays(tmp_path, *synthetic_arrays)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     yield tmp_path
     mlflow.set_tracking_uri(None)
