@@ -105,7 +105,7 @@ def _recipe(args: argparse.Namespace, params: Params) -> int:
 def _server(args: argparse.Namespace, params: Params) -> int:
     from ferflow.server import server_command
 
-    return server_command(args.action, args.root, args.port, args.pg_port)
+    return server_command(args.action, args.root, args.port, args.pg_port, args.workers)
 
 
 def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PostgreSQL cluster, artifacts and logs (default: .mlflow-server)")  # fmt: skip
     server.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default: 5000)")
     server.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port on 127.0.0.1 (default: 5433)")
+    server.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default: 2)")
     server.set_defaults(handler=_server)
     return parser
 

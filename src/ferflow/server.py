@@ -104,7 +104,7 @@ def backend_store_uri(pg_port: int) -> str:
     return f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{pg_port}/{DATABASE}"
 
 
-def start(root: Path, port: int = 5000, pg_port: int = 5433, wait_s: float = 90.0) -> str:
+def start(root: Path, port: int = 5000, pg_port: int = 5433, workers: int = 2, wait_s: float = 90.0) -> str:
     """Start PostgreSQL and the MLflow server (initialising the cluster on first use); the tracking URI."""
     layout = ServerLayout(root.resolve())
     if _mlflow_pid(layout) is not None:
@@ -131,7 +131,7 @@ def start(root: Path, port: int = 5000, pg_port: int = 5433, wait_s: float = 90.
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri(pg_port),
         "--serve-artifacts", "--artifacts-destination", layout.artifacts.as_uri(),
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
     with open(layout.mlflow_log, "ab") as log:
         # its own session: the server outlives this command, and `stop` signals the whole group
@@ -162,6 +162,8 @@ def stop(root: Path) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(100):
+                with contextlib.suppress(ChildProcessError):  # started by this process: reap it, or it lingers
+                    os.waitpid(pid, os.WNOHANG)
                 os.killpg(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
@@ -189,9 +191,9 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "(no log)"
 
 
-def server_command(action: str, root: Path, port: int, pg_port: int) -> int:
+def server_command(action: str, root: Path, port: int, pg_port: int, workers: int = 2) -> int:
     if action == "start":
-        uri = start(root, port, pg_port)
+        uri = start(root, port, pg_port, workers)
         print(f"server: MLflow on {uri} (PostgreSQL {backend_store_uri(pg_port)}, artifacts under "
               f"{(root / 'artifacts').resolve()})\n  export MLFLOW_TRACKING_URI={uri}")  # fmt: skip
     elif action == "stop":

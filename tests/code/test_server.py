@@ -38,7 +38,7 @@ def tracking_server():
     root = Path(tempfile.mkdtemp(prefix="ferflow-server-"))
     root.chmod(0o755)
     pg_port = _free_port()
-    uri = server.start(root, port=_free_port(), pg_port=pg_port)
+    uri = server.start(root, port=_free_port(), pg_port=pg_port, workers=1)
     yield uri, root, pg_port
     assert "PostgreSQL" in server.stop(root)
     assert server.server_command("status", root, 0, pg_port) == 3  # nothing left running

@@ -20,9 +20,7 @@ import numpy as np
 from ferflow import tracking
 from ferflow.errors import DataError, ParamsError
 from ferflow.io import read_npz, write_json
-from ferflow.models.architectures import check_weights
 from ferflow.models.evaluation import classification_metrics, flat_metrics
-from ferflow.models.training import configure_distribution, fit, model_spec, predict_proba, seed_everything
 from ferflow.params import Params
 
 SUMMARISED = ("accuracy", "f1_macro", "f1_weighted", "auc", "loss")
@@ -54,6 +52,10 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
         write_json(metrics_out, skipped)
         print("cv: skipped (cv.enabled: false); the model card will have no cross-validation section")
         return skipped
+    # Imported here, not at the top: they load Keras (over 10 s on 2 cores), which a skipped cv does not need.
+    from ferflow.models.architectures import check_weights
+    from ferflow.models.training import configure_distribution, fit, model_spec, predict_proba, seed_everything
+
     train = read_npz(train_arrays)
     clean = read_npz(clean_arrays)
     class_names = [str(name) for name in train["class_names"]]
