@@ -124,6 +124,14 @@ def start(root: Path, port: int = 5000, pg_port: int = 5433, workers: int = 2, w
     options = f"-h 127.0.0.1 -p {pg_port} -k {layout.pgdata}"
     _run(_as_postgres([str(postgres_binary("pg_ctl")), "-D", str(layout.pgdata), "-o", options,
                        "-l", str(layout.postgres_log), "-w", "-t", "60", "start"]), "starting PostgreSQL")  # fmt: skip
+    try:
+        return _start_mlflow(layout, port, pg_port, workers, wait_s)
+    except BaseException:
+        stop(layout.root)  # PostgreSQL too: nothing is left running after a failed start
+        raise
+
+
+def _start_mlflow(layout: ServerLayout, port: int, pg_port: int, workers: int, wait_s: float) -> str:
     psql = [str(postgres_binary("psql")), "-h", "127.0.0.1", "-p", str(pg_port), "-U", DB_USER, "-d", "postgres"]
     exists = _run([*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"], "psql").strip()
     if exists != "1":
@@ -141,15 +149,12 @@ def start(root: Path, port: int = 5000, pg_port: int = 5433, workers: int = 2, w
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            layout.mlflow_pid.unlink(missing_ok=True)
-            stop(layout.root)  # PostgreSQL too: nothing is left running after a failed start
             raise ServerError(f"mlflow server exited ({process.returncode}); its log, {layout.mlflow_log}:\n"
                               f"{_tail(layout.mlflow_log)}")  # fmt: skip
         with contextlib.suppress(OSError), urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
             if response.status == 200:
                 return uri
         time.sleep(0.5)
-    stop(layout.root)
     raise ServerError(f"mlflow server did not answer on {uri} within {wait_s:.0f} s; log:\n{_tail(layout.mlflow_log)}")
 
 
