@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from ferflow.errors import FerflowError
@@ -35,29 +34,16 @@ class ServerError(FerflowError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
 class ServerLayout:
-    root: Path
+    """Where a server started from ``root`` keeps its cluster, artifacts, pid and logs."""
 
-    @property
-    def pgdata(self) -> Path:
-        return self.root / "pgdata"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def mlflow_pid(self) -> Path:
-        return self.root / "mlflow.pid"
-
-    @property
-    def mlflow_log(self) -> Path:
-        return self.root / "mlflow.log"
-
-    @property
-    def postgres_log(self) -> Path:
-        return self.pgdata / "postgres.log"
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.pgdata = self.root / "pgdata"
+        self.artifacts = self.root / "artifacts"
+        self.mlflow_pid = self.root / "mlflow.pid"
+        self.mlflow_log = self.root / "mlflow.log"
+        self.postgres_log = self.pgdata / "postgres.log"
 
 
 def postgres_binary(name: str) -> Path:
@@ -106,7 +92,7 @@ def backend_store_uri(pg_port: int) -> str:
 
 def start(root: Path, port: int = 5000, pg_port: int = 5433, workers: int = 2, wait_s: float = 90.0) -> str:
     """Start PostgreSQL and the MLflow server (initialising the cluster on first use); the tracking URI."""
-    layout = ServerLayout(root.resolve())
+    layout = ServerLayout(root)
     if _mlflow_pid(layout) is not None:
         raise ServerError(f"an MLflow server started from {layout.root} is already running; `ferflow server stop`")
     layout.artifacts.mkdir(parents=True, exist_ok=True)
@@ -160,7 +146,7 @@ def _start_mlflow(layout: ServerLayout, port: int, pg_port: int, workers: int, w
 
 def stop(root: Path) -> list[str]:
     """Stop the MLflow server and PostgreSQL started from ``root``; what was stopped."""
-    layout = ServerLayout(root.resolve())
+    layout = ServerLayout(root)
     stopped = []
     pid = _mlflow_pid(layout)
     if pid is not None:
@@ -205,7 +191,7 @@ def server_command(action: str, root: Path, port: int, pg_port: int, workers: in
         stopped = stop(root)
         print(f"server: stopped {', '.join(stopped)}" if stopped else "server: nothing was running")
     else:
-        layout = ServerLayout(root.resolve())
+        layout = ServerLayout(root)
         pid = _mlflow_pid(layout)
         postgres = (layout.pgdata / "postmaster.pid").is_file()
         print(f"server: mlflow {f'running (pid {pid})' if pid else 'stopped'}, "
