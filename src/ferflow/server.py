@@ -18,6 +18,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,10 @@ def start(root: Path, port: int = 5000, pg_port: int = 5433, workers: int = 2, w
     layout = ServerLayout(root)
     if _mlflow_pid(layout) is not None:
         raise ServerError(f"an MLflow server started from {layout.root} is already running; `ferflow server stop`")
+    for what, number in (("--port", port), ("--pg-port", pg_port)):
+        # Checked first: a server already on the port would answer the health check for this one.
+        if not _port_free(number):
+            raise ServerError(f"{what} {number}: something already listens on 127.0.0.1:{number}; choose another")
     layout.artifacts.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0 and subprocess.run(_as_postgres(["test", "-x", str(layout.root)])).returncode != 0:
         raise ServerError(f"PostgreSQL runs as the user postgres, which cannot enter {layout.root} (a parent "
@@ -165,6 +170,15 @@ def stop(root: Path) -> list[str]:
              "stopping PostgreSQL")  # fmt: skip
         stopped.append("PostgreSQL")
     return stopped
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _mlflow_pid(layout: ServerLayout) -> int | None:

@@ -51,6 +51,23 @@ def test_a_second_start_is_refused_while_the_server_runs(tracking_server):
         server.start(root, port=_free_port(), pg_port=pg_port)
 
 
+def test_a_port_in_use_is_refused_before_anything_starts(tracking_server):
+    uri, _, pg_port = tracking_server
+    root = Path(tempfile.mkdtemp(prefix="ferflow-server-"))
+    root.chmod(0o755)
+    taken = int(uri.rsplit(":", 1)[1])  # the running server's: it would answer this one's health check
+    try:
+        with pytest.raises(server.ServerError, match=f"--port {taken}: something already listens on 127.0.0.1"):
+            server.start(root, port=taken, pg_port=_free_port(), workers=1)
+        with pytest.raises(server.ServerError, match=f"--pg-port {pg_port}: something already listens"):
+            server.start(root, port=_free_port(), pg_port=pg_port, workers=1)
+        assert server.server_command("status", root, 0, 0) == 3
+        assert not (root / "pgdata").exists() and not (root / "mlflow.pid").exists()
+    finally:
+        server.stop(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_train_evaluate_register_log_runs_artifacts_and_the_champion_to_the_server(
     tracking_server, tmp_path, monkeypatch, synthetic_arrays
 ):
