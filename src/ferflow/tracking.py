@@ -97,15 +97,16 @@ def runtime_tags(repo_root: Path) -> dict[str, str]:
     each batch is split over under the distribution Keras holds now (set by ``compiled_model``)."""
     import keras
 
+    from ferflow.models.training import data_parallel_count
+
     device_type, device_name = device()
-    distribution = keras.distribution.distribution()
     return {
         "ferflow.git_commit": git_commit(repo_root),
         "ferflow.keras_backend": keras.backend.backend(),
         "ferflow.keras_version": keras.__version__,
         "ferflow.device_type": device_type,
         "ferflow.device_name": device_name,
-        "ferflow.data_parallel_devices": str(distribution.device_mesh.devices.size if distribution else 1),
+        "ferflow.data_parallel_devices": str(data_parallel_count()),
     }
 
 
