@@ -51,6 +51,8 @@ def make_repo(tmp_path: Path) -> Path:
     for name in PIPELINE_FILES:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, copy / name)
+    # The stages depend on their code (dvc.yaml lists it); the code that runs is the installed package.
+    shutil.copytree(REPO_ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     run(["git", "init", "-q"], copy)
     edit_params(copy, data__synthetic__n_images=700, subsample__fraction=0.5, **TINY_TRAINING)
     return copy

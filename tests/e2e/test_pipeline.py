@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -16,9 +17,11 @@ from tests.e2e.dag import STAGES, edit_params, run, stages_run
 
 pytestmark = pytest.mark.slow
 
-def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
+def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo, tmp_path):
     first = run(["dvc", "repro"], repo)
     assert stages_run(first.stdout) == STAGES
+    for start_up_line in ("oneDNN custom operations", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard"):
+        assert start_up_line not in first.stdout + first.stderr  # TensorFlow's C++ chatter is filtered out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
     metrics = json.loads((repo / "reports/validate/metrics.json").read_text())
@@ -66,6 +69,35 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
     assert stages_run(second.stdout) == []
     assert "Data and pipelines are up to date" in second.stdout
 
+    # The code is a dependency: a change to the architectures reruns training and what follows, nothing upstream.
+    architectures = repo / "src/ferflow/models/architectures.py"
+    original = architectures.read_text()
+    architectures.write_text(original + "\n# a one-line change\n")
+    changed = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert sorted(changed) == sorted(["train", "evaluate", "cv", "register"])
+    architectures.write_text(original)
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+
+    # History in git: the lock and the small metrics files are committed, so `dvc metrics diff` compares commits.
+    run(["git", "add", "-A"], repo)
+    committed = run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first"], repo)
+    assert committed.returncode == 0
+    tracked = run(["git", "ls-files"], repo).stdout.splitlines()
+    assert {"dvc.lock", "reports/evaluate/metrics.json", "reports/cv/metrics.json"} <= set(tracked)
+    assert not [path for path in tracked if path.endswith((".npz", ".keras")) or "plots/" in path
+                or path.endswith("preview.png") or path.startswith(("data/", "models/", "mlruns/"))]  # fmt: skip
+
+    # The default remote (a folder beside the clone) round-trips the cached outputs.
+    run(["dvc", "push"], repo)
+    model_bytes = (repo / "models/model.keras").read_bytes()
+    shutil.rmtree(repo / ".dvc/cache")
+    (repo / "models/model.keras").unlink()
+    (repo / "data/processed/clean.npz").unlink()
+    pulled = run(["dvc", "pull"], repo)
+    assert pulled.returncode == 0 and (repo / "models/model.keras").read_bytes() == model_bytes
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+    assert (tmp_path / "ferflow-dvc-remote").is_dir()
+
     # Scheduled retraining with nothing new: the source is read again, nothing else reruns, champion kept.
     unchanged = run(["ferflow", "retrain"], repo, check=False)
     assert unchanged.returncode == 10, unchanged.stderr
@@ -76,6 +108,10 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo):
     assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate", "register"]
     assert "test-time augmentation: " in (repo / "reports/evaluate/classification_report.txt").read_text()
     assert json.loads((repo / "reports/evaluate/metrics.json").read_text())["tta"]["setting"] == "flip"
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--json"], repo).stdout)
+    assert "reports/evaluate/metrics.json" in diff and "tta.setting" not in diff  # numbers only
+    flip = json.loads(run(["dvc", "params", "diff", "HEAD", "--json"], repo).stdout)["params.yaml"]["evaluate.tta.flip"]
+    assert (flip["old"], flip["new"]) == (False, True)
 
     # Retraining after a change: the new run is registered; it becomes champion only if it beats the margin.
     # (cv off this time: the stage reruns and writes its note, and the test spends no time on folds.)
