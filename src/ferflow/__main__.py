@@ -1,3 +1,3 @@
-from ferflow.cli import main
+from ferflow.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

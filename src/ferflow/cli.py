@@ -250,6 +250,20 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+# Commands that load Keras and with it TensorFlow's C++ start-up logs (see ferflow.native_logs).
+_LOADS_KERAS = frozenset({"train", "evaluate", "cv", "register", "promote", "predict", "export"})
+
+
+def entry() -> int:
+    """The installed ``ferflow`` command (and ``python -m ferflow``): :func:`main`, with native logs filtered."""
+    argv = sys.argv[1:]
+    if _LOADS_KERAS.intersection(argv[:3]):
+        from ferflow.native_logs import filter_native_logs
+
+        filter_native_logs()
+    return main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
