@@ -133,16 +133,15 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
         outputs = loaded.output_shape[-1]
         names = list(EMOTIONS) if outputs == len(EMOTIONS) else [f"class_{i}" for i in range(outputs)]
         return LoadedModel(loaded, names, str(path))
-    mlflow.set_tracking_uri(tracking.tracking_uri(repo_root))
-    client = mlflow.MlflowClient()
     name, _, ref = uri.removeprefix("models:/").partition("@")
     try:
-        if ref:
-            version = client.get_model_version_by_alias(name, ref)
-        else:
-            name, _, number = uri.removeprefix("models:/").partition("/")
-            version = client.get_model_version(name, number)
-        loaded = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+        with tracking.store(repo_root) as client:
+            if ref:
+                version = client.get_model_version_by_alias(name, ref)
+            else:
+                name, _, number = uri.removeprefix("models:/").partition("/")
+                version = client.get_model_version(name, number)
+            loaded = mlflow.keras.load_model(f"models:/{name}/{version.version}")
     except MlflowException as exc:
         hint = " (no champion yet? run `dvc repro` or `ferflow promote`)" if model is None else ""
         raise ModelNotFound(

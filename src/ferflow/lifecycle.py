@@ -25,17 +25,21 @@ KEY_METRICS = ("valid_f1_macro", "test_f1_macro", "test_accuracy")
 
 
 def _client(repo_root: Path):
+    """A client of the project's store that leaves MLflow's global URI alone (reads and alias moves only)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(repo_root))
-    return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking.tracking_uri(repo_root))
 
 
 def promote_command(params: Params, repo_root: Path, rollback: bool, clean_arrays: Path) -> int:
+    with tracking.store(repo_root) as client:  # the gate loads models by models:/ URI
+        return _promote(params, repo_root, client, rollback, clean_arrays)
+
+
+def _promote(params: Params, repo_root: Path, client, rollback: bool, clean_arrays: Path) -> int:
     from ferflow.stages.register import test_faces, write_model_card
 
     settings = params.registry
-    client = _client(repo_root)
     if rollback:
         decision = registry.rollback(client, settings.model_name)
         print(f"promote: {decision.reason}")

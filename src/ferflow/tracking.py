@@ -29,6 +29,26 @@ def tracking_uri(repo_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(repo_root / paths.MLFLOW_DB).resolve()}"
 
 
+@contextlib.contextmanager
+def store(repo_root: Path) -> Iterator[Any]:
+    """MLflow pointed at the project's store for the length of the block, with a client of it: the one place
+    that sets MLflow's tracking URI. The caller's URI (and ``MLFLOW_TRACKING_URI``, which MLflow's setter also
+    writes) come back afterwards, so a library call such as ``ferflow.predict`` never changes the caller's
+    MLflow setup, and a process that works on two repositories never logs into the wrong one."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as service
+
+    uri = tracking_uri(repo_root)
+    previous_uri, previous_env = service._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.MlflowClient(uri)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        if previous_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def artifact_location(repo_root: Path) -> str:
     return (repo_root / paths.MLFLOW_ARTIFACTS).resolve().as_uri()
 
@@ -149,9 +169,11 @@ def quality_tags(clean: dict[str, np.ndarray]) -> dict[str, str]:
 
 
 def training_params(params: Params) -> dict[str, Any]:
-    """The params sections that shape a trained model (logged on its run); evaluation and cv settings are
-    logged by their own stages."""
+    """The params that shape a trained model (logged on its run): exactly the ones the train stage declares
+    in ``dvc.yaml``. Evaluation and cv settings are logged by their own stages; the preview grid's size shapes
+    no model."""
     dumped = params.model_dump(by_alias=True)
+    dumped["augment"].pop("preview_images", None)
     return {key: value for key, value in dumped.items() if key not in {"evaluate", "cv", "register"}}
 
 
@@ -167,26 +189,26 @@ def tracked_run(
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(repo_root))
-    status_on_error = "FAILED"
-    if run_id is not None:
-        # A finished run reopened to add to it (evaluation) stays finished if the addition fails: the
-        # training itself did not fail. A run being resumed (RUNNING or FAILED before) ends FAILED.
-        if mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED":
-            status_on_error = "FINISHED"
-        run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
-    else:
-        exp_id = experiment_id(mlflow.MlflowClient(), experiment, repo_root)
-        run = mlflow.start_run(
-            experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
-            parent_run_id=parent_run_id,
-        )  # fmt: skip
-    try:
-        yield run
-    except BaseException:
-        mlflow.end_run(status=status_on_error)
-        raise
-    mlflow.end_run(status="FINISHED")
+    with store(repo_root) as client:
+        status_on_error = "FAILED"
+        if run_id is not None:
+            # A finished run reopened to add to it (evaluation) stays finished if the addition fails: the
+            # training itself did not fail. A run being resumed (RUNNING or FAILED before) ends FAILED.
+            if client.get_run(run_id).info.status == "FINISHED":
+                status_on_error = "FINISHED"
+            run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
+        else:
+            exp_id = experiment_id(client, experiment, repo_root)
+            run = mlflow.start_run(
+                experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
+                parent_run_id=parent_run_id,
+            )  # fmt: skip
+        try:
+            yield run
+        except BaseException:
+            mlflow.end_run(status=status_on_error)
+            raise
+        mlflow.end_run(status="FINISHED")
 
 
 def log_keras_model(model, input_example, pip_requirements: list[str]) -> Any:

@@ -82,3 +82,22 @@ def test_runtime_tags_name_the_backend_device_and_commit(tmp_path):
     assert tags["ferflow.git_commit"] == "unknown"
     assert tags["ferflow.keras_backend"] == keras.backend.backend()
     assert tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.device_name"]
+
+
+def test_store_points_mlflow_at_the_project_only_inside_the_block(repo, tmp_path):
+    """One owner of the tracking URI: the caller's setting, and MLFLOW_TRACKING_URI, come back afterwards."""
+    import os
+
+    from ferflow.tracking import store
+
+    with store(repo) as client:
+        assert mlflow.get_tracking_uri() == tracking_uri(repo) == client.tracking_uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+    # A caller that chose a store (MLflow's setter also exports MLFLOW_TRACKING_URI) is logged into, and keeps it.
+    callers = f"sqlite:///{tmp_path / 'callers.db'}"
+    mlflow.set_tracking_uri(callers)
+    with tracked_run(repo, "ferflow-test", "inside") as run:
+        assert mlflow.get_tracking_uri() == callers
+    assert mlflow.get_tracking_uri() == callers == os.environ["MLFLOW_TRACKING_URI"]
+    assert mlflow.MlflowClient(callers).get_run(run.info.run_id).info.status == "FINISHED"

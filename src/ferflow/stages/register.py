@@ -51,15 +51,18 @@ def test_faces(name: str, clean_arrays: Path):
 def run(
     params: Params, run_info: Path, clean_arrays: Path, registration_out: Path, card_out: Path, repo_root: Path
 ) -> dict[str, Any]:
-    import mlflow
-
-    settings = params.registry
     facts = read_json(run_info)
     for key in ("data_hash", "test_hash", "classes"):
         if key not in facts:
             raise DataError(f"{run_info}: no {key!r}; rerun the train stage")
-    mlflow.set_tracking_uri(tracking.tracking_uri(repo_root))
-    client = mlflow.MlflowClient()
+    with tracking.store(repo_root) as client:  # the gate loads models by models:/ URI
+        return _register(params, facts, client, clean_arrays, registration_out, card_out)
+
+
+def _register(
+    params: Params, facts: dict[str, Any], client, clean_arrays: Path, registration_out: Path, card_out: Path
+) -> dict[str, Any]:
+    settings = params.registry
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is None:
         raise registry.RegistryError(f"MLflow experiment {params.mlflow.experiment!r} does not exist; run train first")
