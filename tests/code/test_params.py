@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ferflow.errors import ParamsError
-from ferflow.params import load_params, parse_params
+from ferflow.params import Params, load_params, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,6 +14,8 @@ def test_repository_params_file_is_valid_and_complete():
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     # Every key in the file is consumed (no stale knobs), and the file spells out every default.
     assert params.model_dump(by_alias=True) == raw
+    # ...and every default is declared once: the typed defaults are exactly the file's values.
+    assert Params().model_dump(by_alias=True) == raw
     assert params.subsample.fraction == 0.1
     assert params.data.source == "synthetic"
 
@@ -72,3 +74,15 @@ def test_params_file_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(bad)
+
+
+def test_model_spec_defaults_are_the_params_defaults():
+    from dataclasses import fields
+
+    from ferflow.models.architectures import ModelSpec
+
+    spec, model = ModelSpec(), Params().model
+    for field in fields(ModelSpec):
+        if hasattr(model, field.name):
+            expected = None if field.name == "weights" else getattr(model, field.name)  # "none" -> None
+            assert getattr(spec, field.name) == expected, field.name

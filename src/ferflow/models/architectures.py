@@ -18,24 +18,26 @@ from keras import layers
 
 from ferflow.errors import ParamsError
 from ferflow.models.layers import GreyToImageNet
+from ferflow.params import ModelParams
 from ferflow.schema import IMAGE_SIZE
 
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+_PARAMS_DEFAULTS = ModelParams()  # declared once, in ferflow.params
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What an architecture builder needs; the train stage fills it from params."""
+    """What an architecture builder needs; the train stage fills it from params, whose defaults it shares."""
 
-    architecture: str = "simple_cnn"
+    architecture: str = _PARAMS_DEFAULTS.architecture
     n_classes: int = 7
-    width: int = 32
-    depth: int = 3
-    dropout: float = 0.3
-    dense_units: int = 128
+    width: int = _PARAMS_DEFAULTS.width
+    depth: int = _PARAMS_DEFAULTS.depth
+    dropout: float = _PARAMS_DEFAULTS.dropout
+    dense_units: int = _PARAMS_DEFAULTS.dense_units
     weights: str | None = None  # transfer backbones only: None or a local weights file
-    transfer_input_size: int = IMAGE_SIZE
-    freeze_backbone: bool = False
+    transfer_input_size: int = _PARAMS_DEFAULTS.transfer_input_size
+    freeze_backbone: bool = _PARAMS_DEFAULTS.freeze_backbone
 
 
 def _conv_bn_relu(x, filters: int, name: str):
