@@ -99,3 +99,23 @@ def test_the_training_run_logs_only_params_its_stages_declare():
         declared = _declared_params(stage)
         undeclared = sorted(key for key in logged if not any(key == d or key.startswith(f"{d}.") for d in declared))
         assert not undeclared, f"dvc.yaml stage {stage!r} logs but does not declare {undeclared}"
+
+
+def sync_dvc_yaml() -> None:
+    """Rewrite each stage's ``src/`` deps in dvc.yaml to its import closure, after its data deps
+    (``python -m tests.code.test_dag``)."""
+    out: list[str] = []
+    stage, in_deps = None, False
+    for line in (REPO_ROOT / "dvc.yaml").read_text().splitlines(keepends=True):
+        if in_deps and not line.startswith("      - "):
+            out += [f"      - {path}\n" for path in sorted(code_closure(stage))]
+            in_deps = False
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip().rstrip(":")
+        in_deps = in_deps or (stage in DVC_YAML["stages"] and line.rstrip() == "    deps:")
+        if not line.startswith("      - src/"):
+            out.append(line)
+    (REPO_ROOT / "dvc.yaml").write_text("".join(out))
+
+if __name__ == "__main__":
+    sync_dvc_yaml()

@@ -16,8 +16,9 @@ import pytest
 
 from ferflow import registry, tracking
 from ferflow.cli import main
-from ferflow.io import write_json, write_npz
+from ferflow.io import write_npz
 from ferflow.params import parse_params
+from ferflow.run_info import RunInfo
 from ferflow.schema import EMOTIONS
 from ferflow.stages import register
 from tests.conftest import PIXEL_STEP as STEP
@@ -75,8 +76,12 @@ def make_run(repo):
                                 "test_f1_macro": test_f1, "test_accuracy": test_f1 + 0.01, "train_seconds": 3.0})
             info = tracking.log_keras_model(reader(reads), np.zeros((1, 48, 48, 1), np.float32), ["keras"])
             mlflow.set_tag("ferflow.model_uri", info.model_uri)
-        write_json(repo / "run.json", {"run_id": run.info.run_id, "data_hash": data_hash, "test_hash": test_hash,
-                                       "classes": classes, "device_type": device})  # fmt: skip
+        RunInfo(
+            run_id=run.info.run_id, experiment_id=run.info.experiment_id, model_uri=info.model_uri,
+            architecture="cnn", class_names=classes.split(","), data_hash=data_hash, train_data_hash="t",
+            test_hash=test_hash, resumed=False, best_epoch=0, epochs_run=1, train_seconds=3.0, best={},
+            keras_backend="tensorflow", device_type=device, device_name=device, data_parallel_devices=1, git_commit="c",
+        ).write(repo / "run.json")  # fmt: skip
         return run.info.run_id
 
     return make

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
+from ferflow import tracking
 from ferflow.errors import ParamsError
 from ferflow.io import read_json, read_npz, write_npz
 from ferflow.params import parse_params
+from ferflow.run_info import RunInfo
 from ferflow.schema import EMOTIONS
 from ferflow.stages import cv, evaluate, train
 from tests.conftest import PIXEL_STEP, pixel_reader, write_stage_arrays
@@ -46,7 +48,7 @@ def repo(tmp_path, synthetic_arrays, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def run_train(repo: Path, **sections) -> dict:
+def run_train(repo: Path, **sections) -> RunInfo:
     return train.run(
         parse_params(tiny_params(**sections)), repo / "train.npz", repo / "clean.npz", repo / "models" / "model.keras",
         repo / "history.json", repo / "run.json", repo / "curves.png", repo / "checkpoints", repo,
@@ -60,7 +62,7 @@ def client_for(repo: Path) -> mlflow.MlflowClient:
 def test_train_logs_params_step_metrics_tags_and_the_model(repo):
     facts = run_train(repo)
     client = client_for(repo)
-    run = client.get_run(facts["run_id"])
+    run = client.get_run(facts.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.architecture"] == "vgg"
     assert "evaluate.tta.flip" not in run.data.params  # evaluation settings belong to the evaluate stage
@@ -71,20 +73,22 @@ def test_train_logs_params_step_metrics_tags_and_the_model(repo):
     assert len(tags["ferflow.data_hash"]) == 16 and tags["ferflow.classes"] == ",".join(EMOTIONS)
     for key in ("loss", "accuracy", "precision", "recall", "auc", "f1_macro"):
         for metric in (key, f"val_{key}"):
-            assert [m.step for m in client.get_metric_history(facts["run_id"], metric)] == [0, 1], metric
-    assert len(client.get_metric_history(facts["run_id"], "learning_rate")) == 2
+            assert [m.step for m in client.get_metric_history(facts.run_id, metric)] == [0, 1], metric
+    assert len(client.get_metric_history(facts.run_id, "learning_rate")) == 2
     history = json.loads((repo / "history.json").read_text())
     assert [row["epoch"] for row in history] == [0, 1]
-    assert facts["best_epoch"] in (0, 1) and facts["epochs_run"] == 2 and not facts["resumed"]
+    assert facts.best_epoch in (0, 1) and facts.epochs_run == 2 and not facts.resumed
     assert (repo / "models" / "model.keras").stat().st_size > 10_000
     assert (repo / "curves.png").stat().st_size > 5_000
     assert not (repo / "checkpoints").exists()
-    artifacts = {item.path for item in client.list_artifacts(facts["run_id"], "plots")}
+    artifacts = {item.path for item in client.list_artifacts(facts.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png"}
-    info = mlflow.models.get_model_info(facts["model_uri"])
+    assert mlflow.get_tracking_uri() != tracking.tracking_uri(repo)  # training left MLflow's global URI alone
+    with tracking.store(repo):
+        info = mlflow.models.get_model_info(facts.model_uri)
+        loaded = mlflow.keras.load_model(facts.model_uri)
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 48, 48, 1)
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
-    loaded = mlflow.keras.load_model(facts["model_uri"])
     assert loaded.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0).shape == (1, 7)
 
 
@@ -95,8 +99,8 @@ def test_two_runs_with_different_params_are_comparable(repo):
     runs = {
         run.info.run_id: run for run in client.search_runs([client.get_experiment_by_name("ferflow").experiment_id])
     }
-    assert set(runs) == {first["run_id"], second["run_id"]}
-    a, b = runs[first["run_id"]].data, runs[second["run_id"]].data
+    assert set(runs) == {first.run_id, second.run_id}
+    a, b = runs[first.run_id].data, runs[second.run_id].data
     assert set(a.params) == set(b.params) and len(a.params) > 40
     assert {key for key in a.params if a.params[key] != b.params[key]} == {"train.learning_rate"}
     assert set(a.metrics) == set(b.metrics) and {"val_loss", "val_f1_macro", "best_val_loss"} <= set(a.metrics)
@@ -107,7 +111,7 @@ def test_same_params_and_seed_give_the_same_metrics(repo):
     first_history = json.loads((repo / "history.json").read_text())
     second = run_train(repo)
     second_history = json.loads((repo / "history.json").read_text())
-    assert first["run_id"] != second["run_id"]
+    assert first.run_id != second.run_id
     for a, b in zip(first_history, second_history, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -145,14 +149,14 @@ def test_evaluate_writes_metrics_plots_and_logs_into_the_training_run(repo):
     assert written["tta"]["setting"] == "flip" and 0.0 <= written["val"]["accuracy"] <= 1.0
 
     client = client_for(repo)
-    run = client.get_run(facts["run_id"])
+    run = client.get_run(facts.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(written["accuracy"])
     assert run.data.metrics["test_f1_macro"] == pytest.approx(written["f1_macro"])
     assert "test_f1_disgust" in run.data.metrics and run.data.tags["ferflow.evaluated"] == "true"
     assert run.data.metrics["valid_accuracy"] == pytest.approx(written["val"]["accuracy"])
     assert run.data.metrics["valid_tta_accuracy"] == pytest.approx(written["tta"]["val_accuracy_tta"])
-    logged = {item.path for item in client.list_artifacts(facts["run_id"], "evaluate")}
+    logged = {item.path for item in client.list_artifacts(facts.run_id, "evaluate")}
     assert {"evaluate/confusion_matrix.json", "evaluate/confusion_matrix.png", "evaluate/classification_report.txt",
             "evaluate/samples_incorrect.png", "evaluate/per_class.json"} <= logged  # fmt: skip
 

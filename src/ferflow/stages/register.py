@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from ferflow import registry, tracking
-from ferflow.errors import DataError
-from ferflow.io import atomic_open, read_json, write_json
+from ferflow.io import atomic_open, write_json
 from ferflow.model_card import build_model_card
 from ferflow.params import Params
+from ferflow.run_info import RunInfo
 
 METRICS = (
     "valid_accuracy", "valid_f1_macro", "valid_f1_weighted", "valid_auc", "valid_loss",
@@ -51,29 +51,26 @@ def test_faces(name: str, clean_arrays: Path):
 def run(
     params: Params, run_info: Path, clean_arrays: Path, registration_out: Path, card_out: Path, repo_root: Path
 ) -> dict[str, Any]:
-    facts = read_json(run_info)
-    for key in ("data_hash", "test_hash", "classes"):
-        if key not in facts:
-            raise DataError(f"{run_info}: no {key!r}; rerun the train stage")
+    facts = RunInfo.read(run_info)
     with tracking.store(repo_root) as client:  # the gate loads models by models:/ URI
         return _register(params, facts, client, clean_arrays, registration_out, card_out)
 
 
 def _register(
-    params: Params, facts: dict[str, Any], client, clean_arrays: Path, registration_out: Path, card_out: Path
+    params: Params, facts: RunInfo, client, clean_arrays: Path, registration_out: Path, card_out: Path
 ) -> dict[str, Any]:
     settings = params.registry
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is None:
         raise registry.RegistryError(f"MLflow experiment {params.mlflow.experiment!r} does not exist; run train first")
-    runs = registry.eligible_runs(client, experiment.experiment_id, facts["data_hash"], facts["classes"],
-                                  facts["test_hash"], settings.require_gpu)  # fmt: skip
+    runs = registry.eligible_runs(client, experiment.experiment_id, facts.data_hash, facts.classes,
+                                  facts.test_hash, settings.require_gpu)  # fmt: skip
     if not runs:
         why = " trained on a GPU (register.require_gpu is true)" if settings.require_gpu else ""
         raise registry.RegistryError(
-            f"no finished, evaluated run{why} on data {facts['data_hash']} with classes {facts['classes']} in "
-            f"experiment {params.mlflow.experiment!r}; this pipeline's run {facts['run_id']} was trained on "
-            f"{facts.get('device_type', '?')}"
+            f"no finished, evaluated run{why} on data {facts.data_hash} with classes {facts.classes} in "
+            f"experiment {params.mlflow.experiment!r}; this pipeline's run {facts.run_id} was trained on "
+            f"{facts.device_type}"
         )
     best = registry.best_run(runs, settings.metric)
     version, created = registry.register_run(client, settings.model_name, best, METRICS)

@@ -16,7 +16,6 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -35,6 +34,7 @@ from ferflow.models.training import (
 )
 from ferflow.params import Params
 from ferflow.plots import save_figure, training_curves
+from ferflow.run_info import RunInfo
 
 
 def _fingerprint(params: Params, data_tags: dict[str, str]) -> str:
@@ -111,7 +111,7 @@ def run(
     curves_out: Path,
     checkpoint_dir: Path,
     repo_root: Path,
-) -> dict[str, Any]:
+) -> RunInfo:
     """Train, save the best model (lowest val_loss) and log the run; returns the run facts."""
     train = read_npz(train_arrays)
     clean = read_npz(clean_arrays)
@@ -182,20 +182,30 @@ def run(
                 staged.unlink(missing_ok=True)
         write_json(history_out, history)
         save_figure(figure, curves_out)
-        facts = {
-            "run_id": active.info.run_id,
-            "experiment_id": active.info.experiment_id,
-            "model_uri": model_info.model_uri,
-            "architecture": spec.architecture,
-            "class_names": class_names,
-            "resumed": resumed_run is not None,
-            **summary,
-            **{key.removeprefix("ferflow."): value for key, value in tags.items()},
-        }
-        write_json(run_info_out, facts)
+        facts = RunInfo(
+            run_id=active.info.run_id,
+            experiment_id=active.info.experiment_id,
+            model_uri=model_info.model_uri,
+            architecture=spec.architecture,
+            class_names=class_names,
+            data_hash=tags["ferflow.data_hash"],
+            train_data_hash=tags["ferflow.train_data_hash"],
+            test_hash=tags["ferflow.test_hash"],
+            resumed=resumed_run is not None,
+            best_epoch=summary["best_epoch"],
+            epochs_run=summary["epochs_run"],
+            train_seconds=summary["train_seconds"],
+            best={key: float(value) for key, value in best.items() if key not in {"epoch", "epoch_seconds"}},
+            keras_backend=tags["ferflow.keras_backend"],
+            device_type=tags["ferflow.device_type"],
+            device_name=tags["ferflow.device_name"],
+            data_parallel_devices=int(tags["ferflow.data_parallel_devices"]),
+            git_commit=tags["ferflow.git_commit"],
+        )
+        facts.write(run_info_out)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
     print(
         f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
-        f"{best.get('val_accuracy', float('nan')):.3f}) in {seconds:.0f} s; MLflow run {facts['run_id']} -> {model_out}"
+        f"{best.get('val_accuracy', float('nan')):.3f}) in {seconds:.0f} s; MLflow run {facts.run_id} -> {model_out}"
     )
     return facts
