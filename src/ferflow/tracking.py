@@ -199,6 +199,10 @@ def tracked_run(
             run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
         else:
             exp_id = experiment_id(client, experiment, repo_root)
+            dvc_experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run` for the stages it runs
+            if dvc_experiment:
+                run_name = f"{run_name} [{dvc_experiment}]" if run_name else dvc_experiment
+                tags = {**(tags or {}), "ferflow.dvc_experiment": dvc_experiment}
             run = mlflow.start_run(
                 experiment_id=exp_id, run_name=run_name, tags=dict(tags or {}), nested=parent_run_id is not None,
                 parent_run_id=parent_run_id,

@@ -101,3 +101,12 @@ def test_store_points_mlflow_at_the_project_only_inside_the_block(repo, tmp_path
         assert mlflow.get_tracking_uri() == callers
     assert mlflow.get_tracking_uri() == callers == os.environ["MLFLOW_TRACKING_URI"]
     assert mlflow.MlflowClient(callers).get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_runs_started_by_a_dvc_experiment_carry_its_name(repo, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "sober-flab")
+    with tracked_run(repo, "ferflow-test", "train-vgg") as run:
+        pass
+    stored = mlflow.MlflowClient(tracking_uri(repo)).get_run(run.info.run_id)
+    assert stored.info.run_name == "train-vgg [sober-flab]"
+    assert stored.data.tags["ferflow.dvc_experiment"] == "sober-flab"

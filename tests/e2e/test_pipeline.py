@@ -108,6 +108,14 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo, tmp_pat
     assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate", "register"]
     assert "test-time augmentation: " in (repo / "reports/evaluate/classification_report.txt").read_text()
     assert json.loads((repo / "reports/evaluate/metrics.json").read_text())["tta"]["setting"] == "flip"
+    # The evaluate-only change is logged in a run of its own, nested under the training run it evaluated; the
+    # training run keeps the figures of its first evaluation.
+    runs = client.search_runs([trained.info.experiment_id])
+    (evaluation,) = [r for r in runs if r.data.tags["ferflow.stage"] == "evaluate"]
+    assert evaluation.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert evaluation.data.tags["ferflow.evaluate.tta"] == "flip" != client.get_run(trained.info.run_id).data.tags[
+        "ferflow.evaluate.tta"]  # fmt: skip
+    assert client.get_run(trained.info.run_id).data.metrics["test_accuracy"] == trained.data.metrics["test_accuracy"]
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--json"], repo).stdout)
     assert "reports/evaluate/metrics.json" in diff and "tta.setting" not in diff  # numbers only
     flip = json.loads(run(["dvc", "params", "diff", "HEAD", "--json"], repo).stdout)["params.yaml"]["evaluate.tta.flip"]

@@ -13,6 +13,7 @@ classification report; the same files and the metrics go to the training's MLflo
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
-from ferflow.io import array_digest, atomic_open, read_json, read_npz, write_json
+from ferflow.io import array_digest, atomic_open, read_npz, write_json
 from ferflow.models.evaluation import (
     classification_metrics,
     confusion,
@@ -31,6 +32,7 @@ from ferflow.models.evaluation import (
 )
 from ferflow.params import EvaluateParams
 from ferflow.plots import confusion_heatmap, labelled_faces, save_figure
+from ferflow.run_info import RunInfo
 
 
 def _sample_grids(images, labels, proba, class_names, per_grid: int, rng) -> dict[str, Any]:
@@ -69,6 +71,26 @@ def _report_text(scores: dict[str, Any], tta: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings_digest(params: EvaluateParams) -> str:
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _where_to_log(params: EvaluateParams, facts: RunInfo, repo_root: Path) -> dict[str, Any]:
+    """The training run, unless it was already evaluated with other settings (an evaluate-only experiment,
+    e.g. ``dvc exp run -S evaluate.tta.flip=true``): then a new run nested under it, so that the earlier
+    experiment's figures and artifacts are never rewritten. The plain model's val and test metrics, which
+    register ranks on, do not depend on these settings; the training run keeps the first ones."""
+    with tracking.store(repo_root) as client:
+        trained = client.get_run(facts.run_id)
+        experiment = client.get_experiment(trained.info.experiment_id).name
+    earlier = trained.data.tags.get("ferflow.evaluate.settings")
+    if trained.data.tags.get("ferflow.evaluated") != "true" or earlier == _settings_digest(params):
+        return {"run_id": facts.run_id}
+    tags = {"ferflow.stage": "evaluate", "ferflow.model_run_id": facts.run_id, "ferflow.test_hash": facts.test_hash}
+    return {"experiment": experiment, "run_name": f"evaluate-{facts.architecture}", "tags": tags,
+            "parent_run_id": facts.run_id}  # fmt: skip
+
+
 def run(
     params: EvaluateParams,
     model_path: Path,
@@ -85,20 +107,20 @@ def run(
 
     from ferflow.models.layers import load_keras_model
 
-    facts = read_json(run_info)
+    facts = RunInfo.read(run_info)
     clean = read_npz(clean_arrays)
     class_names = [str(name) for name in clean["class_names"]]
-    if class_names != facts["class_names"]:
-        raise DataError(f"{model_path} was trained on classes {facts['class_names']}, but {clean_arrays} has "
+    if class_names != facts.class_names:
+        raise DataError(f"{model_path} was trained on classes {facts.class_names}, but {clean_arrays} has "
                         f"{class_names}; rerun the train stage")  # fmt: skip
     is_test, is_val = clean["splits"] == "test", clean["splits"] == "val"
     if not is_test.any() or not is_val.any():
         raise DataError(f"{clean_arrays}: no {'test' if not is_test.any() else 'val'} rows; rerun the validate stage")
     images, labels = clean["images"][is_test], clean["labels"][is_test]
     test_hash = array_digest(images, labels)
-    if test_hash != facts["test_hash"]:
+    if test_hash != facts.test_hash:
         raise DataError(f"{clean_arrays}: its test split (hash {test_hash}) is not the one {run_info} was trained "
-                        f"beside ({facts['test_hash']}); rerun the train stage")  # fmt: skip
+                        f"beside ({facts.test_hash}); rerun the train stage")  # fmt: skip
     val_images, val_labels = clean["images"][is_val], clean["labels"][is_val]
 
     model = load_keras_model(model_path)
@@ -127,7 +149,7 @@ def run(
     }  # fmt: skip
     report = _report_text(scores, tta_facts["verdict"])
 
-    with tracking.tracked_run(repo_root, run_id=facts["run_id"]):
+    with tracking.tracked_run(repo_root, **_where_to_log(params, facts, repo_root)) as active:
         mlflow.log_metrics(flat_metrics(scores, prefix="test_"))
         mlflow.log_metrics(flat_metrics(val_scores, prefix="valid_"))
         for key, prefix in (("val_scores", "valid_tta_"), ("test_scores", "test_tta_")):
@@ -139,7 +161,8 @@ def run(
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"evaluate/{name}")
         # Last: only a completely logged evaluation makes the run eligible for registration.
-        mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.tta": tta_facts["setting"],
+        mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.settings": _settings_digest(params),
+                         "ferflow.evaluate.tta": tta_facts["setting"],
                          "ferflow.evaluate.tta_used": str(tta_facts["used"]).lower(),
                          "ferflow.evaluate.tta_verdict": tta_facts["verdict"]})  # fmt: skip
 
@@ -156,7 +179,7 @@ def run(
                     f"macro-F1 {tta_facts['test_scores']['f1_macro']:.3f}")  # fmt: skip
     print(f"evaluate: val accuracy {val_scores['accuracy']:.3f}, macro-F1 {val_scores['f1_macro']:.3f} on "
           f"{int(is_val.sum())} faces; test accuracy {scores['accuracy']:.3f}, macro-F1 {scores['f1_macro']:.3f} on "
-          f"{len(labels)} faces{tta_line}; logged to MLflow run {facts['run_id']}")  # fmt: skip
+          f"{len(labels)} faces{tta_line}; logged to MLflow run {active.info.run_id}")  # fmt: skip
     return metrics
 
 
