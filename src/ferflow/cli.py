@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace, params: Params) -> None:
 
     train.run(
         params, args.train_arrays, args.clean, args.model, args.history, args.run_info, args.curves,
-        args.checkpoints, paths.find_repo_root(),
+        args.checkpoints, args.repo_root,
     )  # fmt: skip
 
 
@@ -56,44 +56,44 @@ def _evaluate(args: argparse.Namespace, params: Params) -> None:
 
     evaluate.run(
         params.evaluate, args.model, args.clean, args.run_info, args.metrics, args.confusion_records,
-        args.confusion, args.report, args.plots, paths.find_repo_root(),
+        args.confusion, args.report, args.plots, args.repo_root,
     )  # fmt: skip
 
 
 def _cv(args: argparse.Namespace, params: Params) -> None:
     from ferflow.stages import cv
 
-    cv.run(params, args.train_arrays, args.clean, args.metrics, paths.find_repo_root())
+    cv.run(params, args.train_arrays, args.clean, args.metrics, args.repo_root)
 
 
 def _register(args: argparse.Namespace, params: Params) -> None:
     from ferflow.stages import register
 
-    register.run(params, args.run_info, args.clean, args.out, args.card, paths.find_repo_root())
+    register.run(params, args.run_info, args.clean, args.out, args.card, args.repo_root)
 
 
 def _promote(args: argparse.Namespace, params: Params) -> int:
     from ferflow.lifecycle import promote_command
 
-    return promote_command(params, paths.find_repo_root(), rollback=args.rollback, clean_arrays=args.clean)
+    return promote_command(params, args.repo_root, rollback=args.rollback, clean_arrays=args.clean)
 
 
 def _models(args: argparse.Namespace, params: Params) -> None:
     from ferflow.lifecycle import models_command
 
-    models_command(params, paths.find_repo_root(), as_json=args.json)
+    models_command(params, args.repo_root, as_json=args.json)
 
 
 def _retrain(args: argparse.Namespace, params: Params) -> int:
     from ferflow.lifecycle import retrain_command
 
-    return retrain_command(params, paths.find_repo_root(), args.params)
+    return retrain_command(params, args.repo_root, args.params or args.repo_root / "params.yaml")
 
 
 def _predict(args: argparse.Namespace, params: Params) -> int:
     from ferflow.inference import predict_command
 
-    return predict_command(params, paths.find_repo_root(), args)
+    return predict_command(params, args.repo_root, args)
 
 
 def _recipe(args: argparse.Namespace, params: Params) -> int:
@@ -108,18 +108,23 @@ def _server(args: argparse.Namespace, params: Params) -> int:
     return server_command(args.action, args.root, args.port, args.pg_port, args.workers)
 
 
-def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
-    for flag, (default, help_text) in options.items():
-        parser.add_argument(flag, type=Path, default=default, help=f"{help_text} (default: {default})")
+def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
+    """The command line. Default paths are the repository's (``root``, found from the current folder), so the
+    commands work from any folder inside it; paths given on the command line are taken as the user wrote them."""
+    root = root or paths.find_repo_root()
 
+    def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
+        for flag, (default, help_text) in options.items():
+            parser.add_argument(flag, type=Path, default=root / default, help=f"{help_text} (default: {default})")
 
-def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferflow",
         description="Facial expression recognition pipeline; `dvc repro` runs the stages in order.",
     )
     parser.add_argument("--version", action="version", version=f"ferflow {__version__}")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (default: params.yaml at the repository's root)")  # fmt: skip
+    parser.set_defaults(repo_root=root)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stage: Callable[..., argparse.ArgumentParser] = commands.add_parser
@@ -237,13 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = stage("server", help="a shared MLflow tracking server: PostgreSQL store, artifacts served (start/stop)")
     server.add_argument("action", choices=["start", "stop", "status"])
-    server.add_argument("--root", type=Path, default=Path(".mlflow-server"),
+    server.add_argument("--root", type=Path, default=root / ".mlflow-server",
                         help="PostgreSQL cluster, artifacts and logs (default: .mlflow-server)")  # fmt: skip
     server.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default: 5000)")
     server.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port on 127.0.0.1 (default: 5433)")
     server.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default: 2)")
     server.set_defaults(handler=_server)
     return parser
+
+
+def _params(args: argparse.Namespace) -> Params:
+    """``--params``, else the repository's params.yaml. Outside a repository, ``predict --model FILE`` needs no
+    params file: it runs on the typed defaults (the values params.yaml spells out)."""
+    if args.params is not None:
+        return load_params(args.params)
+    default = args.repo_root / "params.yaml"
+    if not default.is_file() and args.command == "predict" and args.model:
+        return Params()
+    return load_params(default)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -269,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        params = load_params(args.params)
+        params = _params(args)
         code = args.handler(args, params)
     except FerflowError as exc:
         print(f"ferflow {args.command}: error: {exc}", file=sys.stderr)

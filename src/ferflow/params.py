@@ -281,7 +281,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found (run from the repository root)") from None
+        raise ParamsError(f"{path}: params file not found (give --params, or run inside the repository)") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
