@@ -251,11 +251,16 @@ def predict_command(params, repo_root: Path, args) -> int:
         args.inputs, model=args.model, detect=not args.no_detect, annotate_dir=args.annotate,
         model_name=params.registry.model_name, repo_root=repo_root,
     )  # fmt: skip
+    failed = [result for result in results if result.error]
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
+        if failed:
+            print(f'ferflow predict: {len(failed)} of {len(results)} inputs failed (see their "error" in the JSON)',
+                  file=sys.stderr)  # fmt: skip
     else:
-        print(format_table(results))
-    failed = [result for result in results if result.error]
-    for result in failed:
-        print(f"ferflow predict: error: {result.source}: {result.error}", file=sys.stderr)
+        table = format_table([result for result in results if not result.error])
+        if table:
+            print(table)
+        for result in failed:  # once, on stderr
+            print(f"ferflow predict: error: {result.source}: {result.error}", file=sys.stderr)
     return 1 if failed else 0

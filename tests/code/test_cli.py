@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ferflow.cli import main
+from ferflow.cli import build_parser, main
 from ferflow.schema import EMOTIONS
 
 
@@ -69,3 +69,25 @@ def test_missing_weights_file_fails_before_training(tmp_path, capsys, monkeypatc
     assert code == 2
     assert "model.weights: file missing/resnet50.h5 does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()
+
+
+def test_commands_work_from_any_folder_of_the_repository(tmp_path, capsys, monkeypatch):
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "reports" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "reports" / "deep")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["models"]) == 0
+    assert "no versions of 'ferflow-fer' are registered yet" in capsys.readouterr().out
+    assert (tmp_path / "mlflow.db").is_file() and not (tmp_path / "reports" / "deep" / "mlflow.db").exists()
+
+    args = build_parser().parse_args(["train"])
+    assert args.model == tmp_path / "models" / "model.keras" and args.repo_root == tmp_path
+
+
+def test_no_params_file_is_named_with_its_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["models"]) == 2
+    assert f"{tmp_path / 'params.yaml'}: params file not found" in capsys.readouterr().err

@@ -72,6 +72,7 @@ def test_cli_prints_a_table_or_json_and_fails_only_for_the_bad_file(folder, mode
     assert "c_no_face.png: no face found" in out and "b_fer_crop.png: face 1 (whole image)" in out
     assert "a_photo.jpg: face 1 (box x=" in out
     assert "d_corrupt.jpg: not a readable image" in err and err.count("error") == 1
+    assert "d_corrupt.jpg" not in out  # each error is printed once, for people, on stderr
     annotated = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert annotated == ["001_a_photo.annotated.png", "002_b_fer_crop.annotated.png", "003_c_no_face.annotated.png"]
     assert Image.open(tmp_path / "out" / "001_a_photo.annotated.png").size == (420, 300)
@@ -79,6 +80,18 @@ def test_cli_prints_a_table_or_json_and_fails_only_for_the_bad_file(folder, mode
     code = main(["predict", str(folder / "a_photo.jpg"), "--model", str(model_file), "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and len(rows) == 1 and rows[0]["faces"][0]["expression"] in EMOTIONS
+
+
+def test_predict_a_model_file_outside_any_repository(folder, model_file, capsys, tmp_path, monkeypatch):
+    """No dvc.yaml and no params.yaml around: --model FILE is all predict needs; --json keeps the error in the
+    JSON and says on stderr only how many inputs failed."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["predict", str(folder / "b_fer_crop.png"), str(folder / "d_corrupt.jpg"), "--model",
+                 str(model_file), "--no-detect", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert code == 1 and rows[0]["faces"][0]["expression"] in EMOTIONS and "not a readable image" in rows[1]["error"]
+    assert err.strip() == "ferflow predict: 1 of 2 inputs failed (see their \"error\" in the JSON)"
 
 
 def test_predict_from_a_url_and_a_broken_url(folder, model_file, http_server):
