@@ -25,10 +25,7 @@ KEY_METRICS = ("valid_f1_macro", "test_f1_macro", "test_accuracy")
 
 
 def _client(repo_root: Path):
-    """A client of the project's store that leaves MLflow's global URI alone (reads and alias moves only)."""
-    import mlflow
-
-    return mlflow.MlflowClient(tracking.tracking_uri(repo_root))
+    return tracking.client(repo_root)  # reads and alias moves only: MLflow's global URI is left alone
 
 
 def promote_command(params: Params, repo_root: Path, rollback: bool, clean_arrays: Path) -> int:

@@ -29,6 +29,66 @@ def tracking_uri(repo_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(repo_root / paths.MLFLOW_DB).resolve()}"
 
 
+# Columns where MLflow's sqlite store writes absolute artifact locations (MLflow 3.x schema).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"), ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"), ("model_versions", "storage_location"), ("model_versions", "source"),
+)  # fmt: skip
+
+
+def relocate_store(repo_root: Path) -> str | None:
+    """Point a moved or copied repository's store at its own artifacts; the old root if it moved, else None.
+
+    MLflow's sqlite store records absolute artifact locations (it resolves relative ones when it creates an
+    experiment), so a clone that is moved or copied would keep reading, or lose, the artifacts under the old
+    path. The store's root is read from ferflow's experiments' locations (``<root>/mlruns``); when it is not this
+    repository, every location under the old ``<root>/mlruns`` is rewritten to this one, in one transaction.
+    Only the project's own sqlite store is touched, never a store named by ``MLFLOW_TRACKING_URI``.
+    """
+    import re
+    import sqlite3
+
+    database = repo_root / paths.MLFLOW_DB
+    if os.environ.get("MLFLOW_TRACKING_URI") or not database.is_file():
+        return None
+    here = str((repo_root / paths.MLFLOW_ARTIFACTS).resolve())
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection, connection:
+        try:
+            # ferflow's experiments: MLflow's own "Default" one sits wherever the first client's cwd was
+            locations = [row[0] for row in connection.execute(
+                "SELECT artifact_location FROM experiments WHERE name != 'Default'")]  # fmt: skip
+        except sqlite3.OperationalError:
+            return None  # not an MLflow store yet
+        old = None
+        for location in locations:
+            match = re.fullmatch(r"file://(/.*/mlruns)", location or "")  # as experiment_id() creates them
+            if match and match.group(1) != here:
+                old = match.group(1)
+                break
+        if old is None:
+            return None
+        for table, column in _LOCATION_COLUMNS:
+            with contextlib.suppress(sqlite3.OperationalError):  # a table an older MLflow did not have
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR {column} LIKE ?",
+                    (here, len(old) + 1, old, f"{old}/%"),
+                )  # fmt: skip
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR {column} LIKE ?",
+                    (f"file://{here}", len(old) + 8, f"file://{old}", f"file://{old}/%"),
+                )  # fmt: skip
+    return old.removesuffix("/mlruns")
+
+
+def client(repo_root: Path) -> Any:
+    """A client of the project's store that leaves MLflow's global URI alone."""
+    import mlflow
+
+    relocate_store(repo_root)
+    return mlflow.MlflowClient(tracking_uri(repo_root))
+
+
 @contextlib.contextmanager
 def store(repo_root: Path) -> Iterator[Any]:
     """MLflow pointed at the project's store for the length of the block, with a client of it: the one place
@@ -40,9 +100,10 @@ def store(repo_root: Path) -> Iterator[Any]:
 
     uri = tracking_uri(repo_root)
     previous_uri, previous_env = service._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    project_client = client(repo_root)
     mlflow.set_tracking_uri(uri)
     try:
-        yield mlflow.MlflowClient(uri)
+        yield project_client
     finally:
         mlflow.set_tracking_uri(previous_uri)
         if previous_env is not None:

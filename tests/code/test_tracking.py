@@ -110,3 +110,23 @@ def test_runs_started_by_a_dvc_experiment_carry_its_name(repo, monkeypatch):
     stored = mlflow.MlflowClient(tracking_uri(repo)).get_run(run.info.run_id)
     assert stored.info.run_name == "train-vgg [sober-flab]"
     assert stored.data.tags["ferflow.dvc_experiment"] == "sober-flab"
+
+
+def test_a_moved_repository_keeps_its_runs_artifacts(repo, tmp_path):
+    import shutil
+
+    from ferflow.tracking import relocate_store, store
+
+    with tracked_run(repo, "ferflow-test", "before the move") as run:
+        mlflow.log_dict({"x": 1}, "facts.json")
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(repo, moved)
+    shutil.rmtree(repo / "mlruns")  # the old place is gone
+    with store(moved) as client:
+        stored = client.get_run(run.info.run_id)
+        assert stored.info.artifact_uri.startswith((moved / "mlruns").resolve().as_uri())
+        assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/facts.json") == {"x": 1}
+        experiment = client.get_experiment_by_name("ferflow-test")
+        assert experiment.artifact_location == (moved / "mlruns").resolve().as_uri()
+    assert relocate_store(moved) is None  # done once; a second look changes nothing
+    shutil.rmtree(moved)
