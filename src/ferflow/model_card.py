@@ -136,7 +136,7 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
         f"{tags.get('ferflow.keras_version', '?')} on {tags.get('ferflow.keras_backend', '?')}. Training time "
         f"{metrics.get('train_seconds', float('nan')):.0f} s over {metrics.get('epochs_run', float('nan')):.0f} "
         f"epochs (best epoch {metrics.get('best_epoch', float('nan')) + 1:.0f}, lowest validation loss). "
-        f"Git commit `{tags.get('ferflow.git_commit', '?')}`.",
+        f"Git commit `{tags.get('mlflow.source.git.commit', '?')}`.",
         "",
         "## Evaluation",
         "",

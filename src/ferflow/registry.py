@@ -86,7 +86,7 @@ def register_run(client, name: str, run, metric_names: Iterable[str]) -> tuple[A
         "architecture": tags.get("ferflow.architecture", ""),
         "device_type": tags.get("ferflow.device_type", ""),
         "device_name": tags.get("ferflow.device_name", ""),
-        "git_commit": tags.get("ferflow.git_commit", ""),
+        "git_commit": tags.get("mlflow.source.git.commit", ""),
         **{name_: f"{run.data.metrics[name_]:.6g}" for name_ in metric_names if name_ in run.data.metrics},
     }
     if not _registered_model_exists(client, name):

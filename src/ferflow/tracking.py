@@ -182,7 +182,7 @@ def runtime_tags(repo_root: Path) -> dict[str, str]:
 
     device_type, device_name = device()
     return {
-        "ferflow.git_commit": git_commit(repo_root),
+        "mlflow.source.git.commit": git_commit(repo_root),  # MLflow's own key: the UI links it
         "ferflow.keras_backend": keras.backend.backend(),
         "ferflow.keras_version": keras.__version__,
         "ferflow.device_type": device_type,

@@ -146,6 +146,7 @@ def test_only_runs_on_the_same_data_classes_and_test_split_are_eligible(repo, ma
     assert "chosen on val (macro-F1 0.7000)" in card and "Synthetic data" in card
     assert "## How each split was used" in card and "It chose nothing else" in card
     assert "Promoted: there was no champion." in card
+    assert client.get_model_version("ferflow-fer", "1").description == card  # the whole card, not its head
     artifacts = {a.path for a in client.list_artifacts(best)}
     assert "model_card.md" in artifacts
     assert json.loads((repo / "registration.json").read_text()) == summary
@@ -314,3 +315,13 @@ def test_a_champion_that_cannot_be_scored_is_kept_and_registration_finishes(repo
     kept = registry.promote(client, "ferflow-fer", gate_params(), champion_unreadable, labels, faces)
     assert not kept.promoted and "champion version 1 could not be scored" in kept.reason
     assert "model artifacts missing" in kept.reason and aliases(repo)["champion"] == "1"
+
+
+def test_a_card_too_long_for_mlflow_keeps_whole_sections_and_says_where_the_rest_is():
+    card = "# Model card\n\nintro\n" + "".join(f"\n## Section {i}\n\n" + "x" * 900 + "\n" for i in range(8))
+    description = register.version_description(card, "r1")
+    assert len(card) > register.DESCRIPTION_LIMIT >= len(description)
+    assert description.startswith("# Model card") and "## Section 4" in description
+    assert "## Section 5" not in description
+    assert description.endswith("(The whole card is the `model_card.md` artifact of run r1.)")
+    assert register.version_description("# short card", "r1") == "# short card"

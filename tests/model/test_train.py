@@ -68,7 +68,8 @@ def test_train_logs_params_step_metrics_tags_and_the_model(repo):
     assert "evaluate.tta.flip" not in run.data.params  # evaluation settings belong to the evaluate stage
     tags = run.data.tags
     assert (
-        tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.keras_backend"] and tags["ferflow.git_commit"]
+        tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.keras_backend"]
+        and tags["mlflow.source.git.commit"]
     )
     assert len(tags["ferflow.data_hash"]) == 16 and tags["ferflow.classes"] == ",".join(EMOTIONS)
     for key in ("loss", "accuracy", "precision", "recall", "auc", "f1_macro"):

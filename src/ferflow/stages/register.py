@@ -103,13 +103,31 @@ def _register(
     return summary
 
 
+DESCRIPTION_LIMIT = 5000  # characters: MLflow's model_versions.description column
+
+
+def version_description(card: str, run_id: str) -> str:
+    """The whole model card as the version's description, or, if MLflow cannot hold it, its first sections
+    up to the limit and where the whole card is."""
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    pointer = f"\n\n(The whole card is the `model_card.md` artifact of run {run_id}.)"
+    sections, kept = card.split("\n## "), ""
+    for number, section in enumerate(sections):
+        candidate = section if number == 0 else f"{kept}\n## {section}"
+        if len(candidate) + len(pointer) > DESCRIPTION_LIMIT:
+            break
+        kept = candidate
+    return (kept or card[: DESCRIPTION_LIMIT - len(pointer)]) + pointer
+
+
 def write_model_card(client, name: str, version_number: str, run, experiment_id: str, card_out: Path | None) -> str:
     """Build the version's model card from what MLflow holds (the gate's verdict included), log it with the run,
     use its head as the version's description and write it to ``card_out``."""
     version = client.get_model_version(name, version_number)
     card = build_model_card(client, name, version, run, experiment_id)
     client.log_text(run.info.run_id, card, "model_card.md")
-    client.update_model_version(name, version.version, description=card.split("\n## ", 1)[0])
+    client.update_model_version(name, version.version, description=version_description(card, run.info.run_id))
     if card_out is not None:
         with atomic_open(card_out) as handle:
             handle.write(card)

@@ -200,7 +200,7 @@ def run(
             device_type=tags["ferflow.device_type"],
             device_name=tags["ferflow.device_name"],
             data_parallel_devices=int(tags["ferflow.data_parallel_devices"]),
-            git_commit=tags["ferflow.git_commit"],
+            git_commit=tags["mlflow.source.git.commit"],
         )
         facts.write(run_info_out)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
