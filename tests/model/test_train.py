@@ -293,6 +293,32 @@ def test_killed_training_resumes_in_the_same_run(repo):
 
 
 @pytest.mark.slow
+def test_a_kill_after_fit_returns_logs_the_result_without_training_again(repo):
+    """Keras deletes its backup when fit ends; the checkpoint keeps the fitted weights until the run is complete,
+    so a kill while the result is being logged neither retrains nor leaves a second run behind."""
+    process = start_training(repo, epochs=2)
+    fitted = repo / "checkpoints" / "fitted.weights.h5"
+    deadline = time.monotonic() + 240
+    while not fitted.is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "fit never returned before the end"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (repo / "run.json").exists() and not (repo / "checkpoints" / "backup").exists()
+
+    rerun = start_training(repo, epochs=2)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "the fit had finished before the stop" in output and "Epoch 1/2" not in output
+    facts = RunInfo.read(repo / "run.json")
+    assert facts.resumed and facts.epochs_run == 2
+    client = client_for(repo)
+    assert client.get_run(facts.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([facts.experiment_id])) == 1
+    assert not (repo / "checkpoints").exists()
+
+
+@pytest.mark.slow
 def test_terminated_training_is_marked_failed_not_left_running(repo):
     process = start_training(repo, epochs=50)
     wait_for_epochs(repo, process, 1)

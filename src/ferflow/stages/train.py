@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import time
 from pathlib import Path
 
 import keras
@@ -24,6 +22,7 @@ from ferflow import tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_path, read_npz, write_json
 from ferflow.models.architectures import check_weights
+from ferflow.models.checkpoint import TrainingCheckpoint
 from ferflow.models.training import (
     compiled_model,
     data_parallel_count,
@@ -42,54 +41,6 @@ def _fingerprint(params: Params, data_tags: dict[str, str]) -> str:
               "online": params.augment.online.model_dump(), "data": data_tags}  # fmt: skip
     blob = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-class _Checkpoints:
-    """The resumable state of one training: Keras backup, best weights, history so far and the MLflow run id."""
-
-    def __init__(self, folder: Path, fingerprint: str):
-        self.folder = folder
-        self.backup = folder / "backup"
-        self.best_weights = folder / "best.weights.h5"
-        self.history = folder / "history.jsonl"
-        self.run_id_file = folder / "mlflow_run_id"
-        stamp = folder / "fingerprint"
-        if folder.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
-            shutil.rmtree(folder)  # made by other params or data: it must not leak into this run
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(fingerprint)
-
-    def resumable_run_id(self) -> str | None:
-        if self.backup.exists() and self.run_id_file.is_file():
-            return self.run_id_file.read_text().strip() or None
-        return None
-
-    def previous_history(self) -> list[dict[str, float]]:
-        if not self.history.is_file():
-            return []
-        rows = {}
-        for line in self.history.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["epoch"]] = row  # an epoch redone after a kill keeps its last record
-        return [rows[epoch] for epoch in sorted(rows)]
-
-    def history_writer(self):
-        import keras
-
-        history_file = self.history
-
-        class HistoryWriter(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-                self.started = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                row = {"epoch": epoch, **{key: float(value) for key, value in (logs or {}).items()},
-                       "epoch_seconds": time.perf_counter() - self.started}  # fmt: skip
-                with history_file.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-
-        return HistoryWriter()
 
 
 def _class_counts(clean: dict, class_names: list[str]) -> dict[str, dict[str, int]]:
@@ -126,8 +77,8 @@ def run(
     import mlflow
 
     data_tags = tracking.data_tags(train, clean)
-    checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(params, data_tags))
-    resumed_run = checkpoints.resumable_run_id()
+    checkpoint = TrainingCheckpoint(checkpoint_dir, _fingerprint(params, data_tags))
+    resumed_run = checkpoint.resumable_run_id()
     seed_everything(params.train.seed)
     model = compiled_model(params, n_classes)
     tags = {
@@ -136,23 +87,24 @@ def run(
     }  # fmt: skip
     with tracking.tracked_run(repo_root, params.mlflow.experiment, f"train-{spec.architecture}", tags=tags,
                               run_id=resumed_run) as active:  # fmt: skip
-        checkpoints.run_id_file.write_text(active.info.run_id)
+        checkpoint.record_run(active.info.run_id)
         if resumed_run is None:
             mlflow.log_params(tracking.flatten(tracking.training_params(params)))
             mlflow.log_params({"data.train_rows": len(train["labels"]), "data.val_rows": int(is_val.sum()),
                                "parameter_count": model.count_params()})  # fmt: skip
         else:
             print(f"train: resuming MLflow run {resumed_run} from its last finished epoch")
-        fit(
-            params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
-            # History and MLflow first, backup last: a kill in between makes the epoch run again (and be
-            # recorded twice, the last record winning), never leaves a finished epoch unrecorded. The backup
-            # keeps its previous copy, which Keras falls back to if a kill corrupted the latest one.
-            extra_callbacks=[checkpoints.history_writer(), tracking.epoch_logger(),
-                             keras.callbacks.BackupAndRestore(str(checkpoints.backup), double_checkpoint=True)],
-            best_weights=checkpoints.best_weights, model=model,
-        )  # fmt: skip
-        history = checkpoints.previous_history()
+        if checkpoint.fit_finished():
+            print("train: the fit had finished before the stop; logging its result without training again")
+            checkpoint.restore_fitted(model)
+        else:
+            fit(
+                params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
+                extra_callbacks=checkpoint.callbacks(tracking.epoch_logger()), best_weights=checkpoint.best_weights,
+                model=model,
+            )  # fmt: skip
+            checkpoint.mark_fit_finished(model)
+        history = checkpoint.previous_history()
         best = min(history, key=lambda row: row["val_loss"])
         seconds = sum(row["epoch_seconds"] for row in history)  # across resumes too
         summary = {
@@ -203,7 +155,7 @@ def run(
             git_commit=tags["mlflow.source.git.commit"],
         )
         facts.write(run_info_out)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the next run starts fresh
+    checkpoint.clear()  # finished: the next run starts fresh
     print(
         f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
         f"{best.get('val_accuracy', float('nan')):.3f}) in {seconds:.0f} s; MLflow run {facts.run_id} -> {model_out}"
