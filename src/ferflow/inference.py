@@ -7,6 +7,7 @@ read (missing, not an image, an unreachable URL) gets its own error; the other i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -76,6 +77,24 @@ def expand_sources(inputs: Iterable[str | Path]) -> list[str]:
 
 def read_grey(source: str, timeout: float = 30.0) -> np.ndarray:
     """A uint8 grey image from a file or an http(s) URL; FerflowError saying what is wrong otherwise."""
+    return _decode(read_source(source, timeout), "L")
+
+
+def _decode(data: bytes, mode: str) -> np.ndarray:
+    try:
+        grey = decode_grey(data, "image")
+    except FerflowError as exc:
+        raise FerflowError(str(exc).removeprefix("image: ")) from None
+    if mode == "L":
+        return grey
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:  # decodable: decode_grey just read it
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_source(source: str, timeout: float = 30.0) -> bytes:
+    """The bytes of a file or an http(s) URL; FerflowError saying what is wrong otherwise."""
     if is_url(source):
         import requests
 
@@ -90,10 +109,7 @@ def read_grey(source: str, timeout: float = 30.0) -> np.ndarray:
         if not path.is_file():
             raise FerflowError("no such file")
         data = path.read_bytes()
-    try:
-        return decode_grey(data, "image")
-    except FerflowError as exc:
-        raise FerflowError(str(exc).removeprefix("image: ")) from None
+    return data
 
 
 def find_faces(grey: np.ndarray, cascade) -> list[tuple[int, int, int, int]]:
@@ -177,7 +193,10 @@ def predict(
         result = ImageResult(source)
         results.append(result)
         try:
-            grey = read_grey(source)
+            data = read_source(source)
+            grey = _decode(data, "L")
+            if annotate_dir is not None:
+                images[id(result)] = _decode(data, "RGB")  # the picture as it was, colour included
         except FerflowError as exc:
             result.error = str(exc)
             continue
@@ -189,7 +208,6 @@ def predict(
         for box in boxes:
             crops.append(crop_face(grey, box) if result.detected else fer_resize(grey))
             owners.append((result, box))
-        images[id(result)] = grey
     if crops:
         proba = np.concatenate([
             predict_proba(loaded.model, np.stack(crops[i : i + batch_size]), batch_size)
@@ -206,13 +224,13 @@ def predict(
     return results
 
 
-def _annotate(grey: np.ndarray, result: ImageResult, folder: Path, number: int) -> Path:
+def _annotate(picture: np.ndarray, result: ImageResult, folder: Path, number: int) -> Path:
     from PIL import Image, ImageDraw
 
     from ferflow.io import atomic_path
 
-    image = Image.fromarray(grey).convert("RGB")
-    scale = max(1, 256 // max(grey.shape))  # blow tiny FER crops up so the label is legible
+    image = Image.fromarray(picture).convert("RGB")
+    scale = max(1, 256 // max(picture.shape[:2]))  # blow tiny FER crops up so the label is legible
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(image)

@@ -94,6 +94,16 @@ def test_predict_a_model_file_outside_any_repository(folder, model_file, capsys,
     assert err.strip() == "ferflow predict: 1 of 2 inputs failed (see their \"error\" in the JSON)"
 
 
+def test_the_annotated_picture_keeps_the_photos_colours(model_file, tmp_path):
+    photo = np.stack([photo_with(detectable_face())] * 3, axis=-1)
+    photo[..., 2] //= 3  # a warm tint: red and blue differ everywhere but in black
+    Image.fromarray(photo).save(tmp_path / "colour.png")
+    (result,) = predict([tmp_path / "colour.png"], model=str(model_file), annotate_dir=tmp_path / "out")
+    annotated = np.asarray(Image.open(result.annotated).convert("RGB")).astype(int)
+    assert annotated.shape[:2] == photo.shape[:2]
+    assert (annotated[..., 0] - annotated[..., 2]).mean() > 20  # not grey
+
+
 def test_predict_from_a_url_and_a_broken_url(folder, model_file, http_server):
     (http_server.root / "photo.jpg").write_bytes((folder / "a_photo.jpg").read_bytes())
     good, missing = predict([http_server.url("photo.jpg"), http_server.url("nothing.jpg")], model=str(model_file))
