@@ -79,7 +79,7 @@ def test_runtime_tags_name_the_backend_device_and_commit(tmp_path):
     from ferflow.tracking import runtime_tags
 
     tags = runtime_tags(tmp_path)  # not a git repository: the commit is "unknown", not an error
-    assert tags["ferflow.git_commit"] == "unknown"
+    assert tags["mlflow.source.git.commit"] == "unknown"
     assert tags["ferflow.keras_backend"] == keras.backend.backend()
     assert tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.device_name"]
 
