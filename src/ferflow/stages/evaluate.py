@@ -150,6 +150,7 @@ def run(
     report = _report_text(scores, tta_facts["verdict"])
 
     with tracking.tracked_run(repo_root, **_where_to_log(params, facts, repo_root)) as active:
+        tracking.log_dataset(images, labels, "test", clean_arrays, "testing")
         mlflow.log_metrics(flat_metrics(scores, prefix="test_"))
         mlflow.log_metrics(flat_metrics(val_scores, prefix="valid_"))
         for key, prefix in (("val_scores", "valid_tta_"), ("test_scores", "test_tta_")):

@@ -89,6 +89,8 @@ def run(
                               run_id=resumed_run) as active:  # fmt: skip
         checkpoint.record_run(active.info.run_id)
         if resumed_run is None:
+            tracking.log_dataset(train["images"], train["labels"], "train", train_arrays, "training")
+            tracking.log_dataset(clean["images"][is_val], clean["labels"][is_val], "val", clean_arrays, "validation")
             mlflow.log_params(tracking.flatten(tracking.training_params(params)))
             mlflow.log_params({"data.train_rows": len(train["labels"]), "data.val_rows": int(is_val.sum()),
                                "parameter_count": model.count_params()})  # fmt: skip
