@@ -90,7 +90,9 @@ def bare_model_speed(work: Path, model_file: Path, epochs_images: int) -> float:
     from ferflow.params import load_params
 
     params = load_params(work / "params.yaml")
-    trained = keras.models.load_model(model_file)
+    from ferflow.models.layers import load_keras_model
+
+    trained = load_keras_model(model_file)
     # The saved model is the network behind the online augmentation; measure the network alone.
     inner = [
         layer for layer in trained.layers if isinstance(layer, keras.Model) and layer.name != "online_augmentation"
@@ -150,6 +152,8 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
     import keras
 
     from ferflow.io import read_npz
+    from ferflow.models.layers import load_keras_model
+    from ferflow.models.serving import takes_raw_faces
     from ferflow.models.training import predict_proba, to_inputs
 
     evaluation = json.loads((work / "reports/evaluate/metrics.json").read_text())
@@ -159,11 +163,12 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
     is_test = clean["splits"] == "test"
     faces, labels = clean["images"][is_test], clean["labels"][is_test]
     model_file = work / "models/model.keras"
-    ours = keras.models.load_model(model_file)
+    ours = load_keras_model(model_file)
     fer = keras.models.load_model(fer_file, compile=False)
     our_acc, our_f1 = scores(labels, predict_proba(ours, faces))
     fer_acc, fer_f1 = scores(labels, np.asarray(fer.predict(fer_inputs(faces), batch_size=256, verbose=0)))
-    our_speed = images_per_second(lambda x: ours.predict(x, batch_size=256, verbose=0), to_inputs(faces))
+    our_inputs = to_inputs(faces, raw=takes_raw_faces(ours))  # saved models take raw grey levels
+    our_speed = images_per_second(lambda x: ours.predict(x, batch_size=256, verbose=0), our_inputs)
     fer_speed = images_per_second(lambda x: fer.predict(x, batch_size=256, verbose=0), fer_inputs(faces))
 
     train_rows = len(read_npz(work / "data/processed/train.npz")["labels"])

@@ -96,6 +96,13 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     return predict_command(params, args.repo_root, args)
 
 
+def _export(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.export import export_command
+
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    return export_command(args.model, params.registry.model_name, args.out, formats, args.repo_root)
+
+
 def _recipe(args: argparse.Namespace, params: Params) -> int:
     from ferflow.recipes import recipe_command
 
@@ -229,6 +236,13 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--annotate", type=Path, metavar="OUT", help="write annotated images to this folder")
     predict.add_argument("--no-detect", action="store_true", help="inputs are already cropped faces (FER style)")
     predict.set_defaults(handler=_predict)
+
+    export = stage("export", help="write the model as ONNX and LiteRT files, checked against Keras and timed")
+    export.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a .keras file "
+                        "(default: the champion of register.model_name)")  # fmt: skip
+    export.add_argument("--out", type=Path, default=root / "exports", help="output folder (default: exports)")
+    export.add_argument("--formats", default="onnx,litert", help="comma-separated: onnx, litert (default: both)")
+    export.set_defaults(handler=_export)
 
     recipe = stage("recipe", help="named params recipes for real FER-2013 (cpu-fast, cpu-full, gpu)")
     recipe.add_argument("action", choices=["list", "show", "apply", "run"],

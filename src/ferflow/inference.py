@@ -21,7 +21,6 @@ import numpy as np
 from ferflow.data.http import is_url
 from ferflow.data.images import decode_grey, fer_resize
 from ferflow.errors import FerflowError
-from ferflow.schema import EMOTIONS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
 SMALL_SIDE = 64  # images this small are taken to be one cropped face (FER style): detection cannot work on them
@@ -134,11 +133,11 @@ class LoadedModel:
 
 def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedModel:
     """A ``.keras`` file, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, or the champion."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from ferflow import tracking
-    from ferflow.models.layers import load_keras_model  # also registers ferflow's layers for MLflow's loader
+    from ferflow.models.layers import load_keras_model
+    from ferflow.models.serving import CLASS_NAMES_LAYER, class_names_of, load_logged_model
 
     uri = model or f"models:/{model_name}@champion"
     if not uri.startswith("models:/"):
@@ -146,9 +145,7 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
         if not path.is_file():
             raise ModelNotFound(f"--model {uri}: no such file")
         loaded = load_keras_model(path)
-        outputs = loaded.output_shape[-1]
-        names = list(EMOTIONS) if outputs == len(EMOTIONS) else [f"class_{i}" for i in range(outputs)]
-        return LoadedModel(loaded, names, str(path))
+        return LoadedModel(loaded, class_names_of(loaded), str(path))
     name, _, ref = uri.removeprefix("models:/").partition("@")
     try:
         with tracking.store(repo_root) as client:
@@ -157,13 +154,16 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
             else:
                 name, _, number = uri.removeprefix("models:/").partition("/")
                 version = client.get_model_version(name, number)
-            loaded = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+            loaded = load_logged_model(f"models:/{name}/{version.version}")
     except MlflowException as exc:
         hint = " (no champion yet? run `dvc repro` or `ferflow promote`)" if model is None else ""
         raise ModelNotFound(
             f"model {uri} not found in {tracking.tracking_uri(repo_root)}{hint}: {exc.message}"
         ) from None
-    names = version.tags.get("classes", "").split(",") if version.tags.get("classes") else list(EMOTIONS)
+    # The names the model carries; a version logged before models carried them has them as a tag.
+    names = class_names_of(loaded)
+    if not any(layer.name == CLASS_NAMES_LAYER for layer in loaded.layers) and version.tags.get("classes"):
+        names = version.tags["classes"].split(",")
     return LoadedModel(loaded, names, f"models:/{name}/{version.version}")
 
 

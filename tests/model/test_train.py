@@ -18,6 +18,9 @@ import yaml
 from ferflow import tracking
 from ferflow.errors import ParamsError
 from ferflow.io import read_json, read_npz, write_npz
+from ferflow.models.layers import load_keras_model
+from ferflow.models.serving import class_names_of, load_logged_model
+from ferflow.models.training import predict_proba
 from ferflow.params import parse_params
 from ferflow.run_info import RunInfo
 from ferflow.schema import EMOTIONS
@@ -85,12 +88,27 @@ def test_train_logs_params_step_metrics_tags_and_the_model(repo):
     artifacts = {item.path for item in client.list_artifacts(facts.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png"}
     assert mlflow.get_tracking_uri() != tracking.tracking_uri(repo)  # training left MLflow's global URI alone
+    inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs == {("train", "training"), ("val", "validation")}  # the run page's "Datasets"
+    # The logged model is self-contained: raw uint8 faces in; labels and per-class probabilities out.
+    faces = read_npz(repo / "clean.npz")["images"][:5]
     with tracking.store(repo):
         info = mlflow.models.get_model_info(facts.model_uri)
-        loaded = mlflow.keras.load_model(facts.model_uri)
-    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 48, 48, 1)
+        table = mlflow.pyfunc.load_model(facts.model_uri).predict(faces)
+        network = load_logged_model(facts.model_uri)
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(facts.model_uri)).read_text()
+    spec = info.signature.inputs.to_dict()[0]
+    assert spec["tensor-spec"] == {"dtype": "uint8", "shape": (-1, 48, 48)}
+    assert [column["name"] for column in info.signature.outputs.to_dict()] == ["label", *EMOTIONS]
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
-    assert loaded.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0).shape == (1, 7)
+    assert "keras==" in requirements and "tensorflow==" in requirements and "numpy==" in requirements
+    saved = load_keras_model(repo / "models" / "model.keras")
+    proba = predict_proba(saved, faces)
+    assert list(table.columns) == ["label", *EMOTIONS] and list(table["label"]) == [
+        EMOTIONS[i] for i in proba.argmax(axis=1)]  # fmt: skip
+    assert np.allclose(table[list(EMOTIONS)].to_numpy(), proba, atol=1e-5)
+    assert np.allclose(saved.predict(faces[..., None].astype(np.float32), verbose=0), proba, atol=1e-6)  # raw in
+    assert class_names_of(saved) == list(EMOTIONS) and class_names_of(network) == list(EMOTIONS)
 
 
 def test_two_runs_with_different_params_are_comparable(repo):

@@ -134,6 +134,24 @@ class RandomErase(keras.layers.Layer):
         return {**super().get_config(), "probability": self.probability, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="ferflow")
+class ClassNames(keras.layers.Layer):
+    """The identity on the probabilities, carrying the class names in the saved model, in output order."""
+
+    def __init__(self, class_names, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.class_names = [str(name) for name in class_names]
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_names": self.class_names}
+
+
 def load_keras_model(path: str | Path) -> keras.Model:
     """A saved ferflow model (``.keras``). Every loader goes through here: importing this module is what
     registers ferflow's layers with Keras (a saved model holds its augmentation layers), and safe mode

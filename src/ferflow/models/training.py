@@ -38,9 +38,11 @@ def model_spec(params: Params, n_classes: int) -> ModelSpec:
     )  # fmt: skip
 
 
-def to_inputs(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1) in [0, 1], the input every model takes."""
-    return (np.asarray(images, dtype=np.float32) / 255.0)[..., None]
+def to_inputs(images: np.ndarray, raw: bool = False) -> np.ndarray:
+    """uint8 (N, 48, 48) -> float32 (N, 48, 48, 1): in [0, 1], what the networks train on, or, with ``raw``,
+    the grey levels as they are, what saved models take (they scale inside: ``ferflow.models.serving``)."""
+    faces = np.asarray(images, dtype=np.float32)[..., None]
+    return faces if raw else faces / 255.0
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -248,7 +250,10 @@ def fit(
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    inputs = to_inputs(images)
+    """Class probabilities of uint8 faces, from a network in training or a saved (servable) model."""
+    from ferflow.models.serving import takes_raw_faces
+
+    inputs = to_inputs(images, raw=takes_raw_faces(model))
     devices = data_parallel_count()
     if devices > 1:  # every batch must split evenly over the devices: pad, then drop the padding's answers
         batch_size = max(devices, batch_size - batch_size % devices)

@@ -38,11 +38,10 @@ def test_faces(name: str, clean_arrays: Path):
     images = clean["images"][is_test]
 
     def predict(version) -> np.ndarray:
-        import mlflow
-
+        from ferflow.models.serving import load_logged_model
         from ferflow.models.training import predict_proba
 
-        model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+        model = load_logged_model(f"models:/{name}/{version.version}")
         return predict_proba(model, images).argmax(axis=1)
 
     return predict, clean["labels"][is_test], array_digest(images, clean["labels"][is_test])

@@ -15,12 +15,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
 from ferflow.io import atomic_path, read_npz, write_json
+from ferflow.models import serving
 from ferflow.models.architectures import check_weights
 from ferflow.models.checkpoint import TrainingCheckpoint
 from ferflow.models.training import (
@@ -29,7 +29,6 @@ from ferflow.models.training import (
     fit,
     model_spec,
     seed_everything,
-    to_inputs,
 )
 from ferflow.params import Params
 from ferflow.plots import save_figure, training_curves
@@ -119,18 +118,16 @@ def run(
         figure = training_curves(history)
         mlflow.log_figure(figure, "plots/training_curves.png")
         mlflow.log_dict(history, "history.json")
-        model_info = tracking.log_keras_model(
-            # two faces per device: a data-parallel model predicts only batches that split evenly
-            model,
-            to_inputs(clean["images"][is_val][: 2 * data_parallel_count()]),
-            pip_requirements=[f"keras=={keras.__version__}"],
-        )
+        # What is saved, registered and served: raw faces in, class names inside (ferflow.models.serving).
+        served = serving.servable(model, class_names)
+        # two faces per device: a data-parallel model predicts only batches that split evenly
+        model_info = serving.log_model(served, clean["images"][is_val][: 2 * data_parallel_count()])
         mlflow.set_tag("ferflow.model_uri", model_info.model_uri)  # what the register stage registers
         mlflow.log_dict(_class_counts(clean, class_names), "data/class_counts.json")
         with atomic_path(model_out) as tmp:
             staged = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
             try:
-                model.save(staged)
+                served.save(staged)
                 staged.replace(tmp)
             finally:
                 staged.unlink(missing_ok=True)

@@ -1,0 +1,176 @@
+"""The registered model is self-contained: pyfunc, `mlflow models serve`, ONNX and LiteRT all give the labels
+the Keras model and `ferflow predict` give, on the same raw faces."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferflow import tracking
+from ferflow.cli import main
+from ferflow.data.synthetic import generate
+from ferflow.export import ExportError
+from ferflow.export import run as export
+from ferflow.models import serving
+from ferflow.models.architectures import ModelSpec, build_model
+from ferflow.models.layers import load_keras_model
+from ferflow.models.training import fit, predict_proba
+from ferflow.params import parse_params
+from tests.conftest import REPO_ROOT
+
+CLASSES = ["happy", "sad", "surprise", "neutral"]  # a class filter's order, not the FER-2013 one
+PARAMS = str(REPO_ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A 4-class model trained for a few epochs, saved and registered as the champion of a temporary repo."""
+    repo = tmp_path_factory.mktemp("repo")
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    images, labels, usages = generate(300, seed=3, progress=False)
+    keep = np.isin(labels, [3, 4, 5, 6])
+    images, labels, usages = images[keep], labels[keep] - 3, usages[keep]
+    params = parse_params({"model": {"width": 8, "dense_units": 16}, "train": {"epochs": 2, "batch_size": 64}})
+    result = fit(params, images, labels, images[:40], labels[:40], 4, verbose=0)
+    served = serving.servable(result.model, CLASSES)
+    served.save(repo / "model.keras")
+    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with tracking.tracked_run(repo, "ferflow", "train-test"):
+        info = serving.log_model(served, images[:2])
+    with tracking.store(repo) as client:
+        client.create_registered_model("ferflow-fer")
+        version = client.create_model_version("ferflow-fer", info.model_uri, info.run_id)
+        client.set_registered_model_alias("ferflow-fer", "champion", version.version)
+    faces = images[:12]
+    for number, face in enumerate(faces):
+        Image.fromarray(face).save(repo / f"face{number:02d}.png")
+    yield repo, faces, predict_proba(load_keras_model(repo / "model.keras"), faces)
+    if previous is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def labels_of(proba: np.ndarray) -> list[str]:
+    return [CLASSES[i] for i in proba.argmax(axis=1)]
+
+
+def test_the_saved_model_takes_raw_faces_and_carries_its_class_names(champion):
+    repo, faces, proba = champion
+    model = load_keras_model(repo / "model.keras")
+    assert serving.class_names_of(model) == CLASSES
+    direct = model.predict(faces[..., None].astype(np.float32), verbose=0)  # no scaling by the caller
+    assert np.allclose(direct, proba, atol=1e-6) and np.allclose(direct.sum(axis=1), 1, atol=1e-5)
+
+
+def test_pyfunc_champion_predicts_what_ferflow_predict_says(champion, capsys, monkeypatch):
+    repo, faces, proba = champion
+    monkeypatch.chdir(repo)
+    with tracking.store(repo):
+        table = mlflow.pyfunc.load_model("models:/ferflow-fer@champion").predict(faces)
+    assert list(table.columns) == ["label", *CLASSES] and list(table["label"]) == labels_of(proba)
+    assert np.allclose(table[CLASSES].to_numpy(), proba, atol=1e-5)
+
+    files = sorted(str(path) for path in repo.glob("face*.png"))
+    assert main(["--params", PARAMS, "predict", *files, "--no-detect", "--json"]) == 0
+    predicted = [row["faces"][0]["expression"] for row in json.loads(capsys.readouterr().out)]
+    assert predicted == list(table["label"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_the_labels(champion):
+    repo, faces, proba = champion
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(repo),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}  # its uvicorn
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ferflow-fer@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve never answered /ping"
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": faces.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            answer = json.loads(reply.read())
+        assert [row["label"] for row in answer["predictions"]] == labels_of(proba)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_onnx_and_litert_exports_match_keras_and_are_timed(champion, tmp_path):
+    repo, faces, proba = champion
+    report = export(load_keras_model(repo / "model.keras"), tmp_path / "out", ["onnx", "litert"])
+    assert report["class_names"] == CLASSES and report["keras_images_per_second"] > 0
+    assert [item["format"] for item in report["exports"]] == ["onnx", "litert"]
+    for item in report["exports"]:
+        assert item["max_abs_difference"] <= 1e-4 and item["images_per_second"] > 0
+    assert json.loads((tmp_path / "out" / "export.json").read_text()) == report
+
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    onnx_proba = session.run(None, {session.get_inputs()[0].name: faces[..., None].astype(np.float32)})[0]
+    assert np.abs(onnx_proba - proba).max() <= 1e-4 and labels_of(onnx_proba) == labels_of(proba)
+    assert (tmp_path / "out" / "model.tflite").stat().st_size > 1000
+
+
+def test_export_of_the_champion_is_logged_with_its_version(champion, tmp_path, capsys, monkeypatch):
+    repo, _, _ = champion
+    monkeypatch.chdir(repo)
+    out = tmp_path / "exported"
+    assert main(["--params", PARAMS, "export", "--formats", "onnx", "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["export.json", "model.onnx"]
+    with tracking.store(repo) as client:
+        version = client.get_model_version_by_alias("ferflow-fer", "champion")
+        assert version.tags["export"] == "onnx"
+        logged = {item.path for item in client.list_artifacts(version.run_id, "export")}
+    assert logged == {"export/export.json", "export/model.onnx"}
+
+    assert main(["--params", PARAMS, "export", "--formats", "onnx,coreml", "--out", str(tmp_path / "bad")]) == 1
+    assert "--formats: unknown ['coreml']" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(ExportError, match="nothing was written"):
+        export(_broken_converter_model(repo), tmp_path / "broken", ["onnx"])
+    assert not (tmp_path / "broken").exists()
+
+
+def _broken_converter_model(repo):
+    """A model whose ONNX outputs cannot match: Keras' exporter is handed a model, the check the served one."""
+    model = load_keras_model(repo / "model.keras")
+
+    class Drifting:  # what a converter bug looks like from outside: the file answers something else
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def export(self, path, format, verbose):
+            untrained = serving.servable(build_model(ModelSpec(n_classes=4, width=8)), CLASSES)
+            untrained.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)  # Keras exports called models only
+            untrained.export(path, format=format, verbose=verbose)
+
+    return Drifting()
