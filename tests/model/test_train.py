@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,7 +287,10 @@ def wait_for_epochs(repo: Path, process: subprocess.Popen, count: int, timeout: 
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_in_the_same_run(repo):
+def test_killed_training_resumes_in_the_same_run_even_when_killed_after_fit(repo):
+    """A kill during training resumes from the last finished epoch, in the same MLflow run. Keras deletes its
+    backup when fit ends; the checkpoint keeps the fitted weights until the run is complete, so a second kill
+    while the result is being logged neither retrains nor leaves a second run behind."""
     process = start_training(repo, epochs=5)
     wait_for_epochs(repo, process, 2)
     process.send_signal(signal.SIGKILL)
@@ -294,44 +298,30 @@ def test_killed_training_resumes_in_the_same_run(repo):
     done_before = len((repo / "checkpoints" / "history.jsonl").read_text().splitlines())
     assert 2 <= done_before < 5 and not (repo / "run.json").exists()
 
-    rerun = start_training(repo, epochs=5)
-    output, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, output
-    assert "resuming MLflow run" in output
-    facts = read_json(repo / "run.json")
-    assert facts["resumed"] and facts["epochs_run"] == 5
-    assert [row["epoch"] for row in read_json(repo / "history.json")] == list(range(5))
-    # The rerun started after the last finished epoch: its progress output counts from there, not from 1.
-    assert "Epoch 1/5" not in output and f"Epoch {done_before + 1}/5" in output
-    client = client_for(repo)
-    assert client.get_run(facts["run_id"]).info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(facts["run_id"], "val_loss")]
-    assert sorted(set(steps)) == list(range(5))
-    assert len(client.search_runs([facts["experiment_id"]])) == 1
-
-
-@pytest.mark.slow
-def test_a_kill_after_fit_returns_logs_the_result_without_training_again(repo):
-    """Keras deletes its backup when fit ends; the checkpoint keeps the fitted weights until the run is complete,
-    so a kill while the result is being logged neither retrains nor leaves a second run behind."""
-    process = start_training(repo, epochs=2)
+    resumed = start_training(repo, epochs=5)
     fitted = repo / "checkpoints" / "fitted.weights.h5"
     deadline = time.monotonic() + 240
     while not fitted.is_file():
-        assert process.poll() is None and time.monotonic() < deadline, "fit never returned before the end"
+        assert resumed.poll() is None and time.monotonic() < deadline, "fit never returned before the end"
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    resumed.send_signal(signal.SIGKILL)
+    output, _ = resumed.communicate(timeout=30)
+    assert "resuming MLflow run" in output
+    # The resumed fit started after the last finished epoch: its progress counts from there, not from 1.
+    assert "Epoch 1/5" not in output and f"Epoch {done_before + 1}/5" in output
     assert not (repo / "run.json").exists() and not (repo / "checkpoints" / "backup").exists()
 
-    rerun = start_training(repo, epochs=2)
-    output, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, output
-    assert "the fit had finished before the stop" in output and "Epoch 1/2" not in output
+    finished = start_training(repo, epochs=5)
+    output, _ = finished.communicate(timeout=300)
+    assert finished.returncode == 0, output
+    assert "the fit had finished before the stop" in output and not re.search(r"Epoch \d+/5", output)
     facts = RunInfo.read(repo / "run.json")
-    assert facts.resumed and facts.epochs_run == 2
+    assert facts.resumed and facts.epochs_run == 5
+    assert [row["epoch"] for row in read_json(repo / "history.json")] == list(range(5))
     client = client_for(repo)
     assert client.get_run(facts.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(facts.run_id, "val_loss")]
+    assert sorted(set(steps)) == list(range(5))
     assert len(client.search_runs([facts.experiment_id])) == 1
     assert not (repo / "checkpoints").exists()
 
