@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test ui lint lock clean
+.PHONY: help setup repro test test-backends ui lint lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,19 @@ repro: $(STAMP)  ## set up, then run the whole pipeline (dvc repro) on the defau
 
 test: $(STAMP)  ## set up, then run the test suite
 	$(RUN) pytest -n 2 --dist loadfile
+
+# PyTorch's CPU build: from a local folder of wheels where there is one (this project's CI machines keep it in
+# /opt/wheels), else from PyTorch's CPU index. PyPI's own Linux wheel is the CUDA build of several GB.
+TORCH := torch==2.13.0+cpu
+TORCH_WHEELS ?= /opt/wheels
+TORCH_SOURCE := $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORCH_WHEELS),--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple --index-strategy unsafe-best-match)
+
+$(VENV)/.torch: $(STAMP)
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(TORCH_SOURCE) "$(TORCH)"
+	touch $@
+
+test-backends: $(VENV)/.torch  ## set up (adds PyTorch's CPU build), then run the DAG under tensorflow, jax and torch
+	$(RUN) pytest -m backends -p no:xdist
 
 ui: $(STAMP)  ## MLflow UI on the project's store, at http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

@@ -84,6 +84,7 @@ def register_run(client, name: str, run, metric_names: Iterable[str]) -> tuple[A
         "test_hash": tags.get("ferflow.test_hash", ""),
         "classes": tags.get("ferflow.classes", ""),
         "architecture": tags.get("ferflow.architecture", ""),
+        "keras_backend": tags.get("ferflow.keras_backend", ""),
         "device_type": tags.get("ferflow.device_type", ""),
         "device_name": tags.get("ferflow.device_name", ""),
         "git_commit": tags.get("mlflow.source.git.commit", ""),

@@ -20,8 +20,10 @@ TINY_TRAINING = {
 }  # fmt: skip
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run(command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    """``command`` in ``cwd`` with this interpreter's scripts first on PATH, and ``env`` on top of ours."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)  # each temporary repository has its own store
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
