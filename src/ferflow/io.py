@@ -96,3 +96,16 @@ def array_digest(*arrays: np.ndarray) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes() if array.dtype.kind != "U" else "\x1f".join(array.ravel()).encode())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for the block; waits while another process
+    holds it. For work on one machine that parallel processes must do one at a time."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ferflow import paths, registry, tracking
 from ferflow.errors import ParamsError
-from ferflow.io import read_json
+from ferflow.io import exclusive_lock, read_json
 from ferflow.params import Params
 
 PROMOTED, KEPT, FAILED, BUSY = 0, 10, 1, 75
@@ -29,7 +29,8 @@ def _client(repo_root: Path):
 
 
 def promote_command(params: Params, repo_root: Path, rollback: bool, clean_arrays: Path) -> int:
-    with tracking.store(repo_root) as client:  # the gate loads models by models:/ URI
+    # the gate loads models by models:/ URI; the registry lock: not while a register stage moves aliases
+    with exclusive_lock(repo_root / paths.REGISTRY_LOCK), tracking.store(repo_root) as client:
         return _promote(params, repo_root, client, rollback, clean_arrays)
 
 

@@ -40,6 +40,7 @@ CV_METRICS = Path("reports/cv/metrics.json")
 REGISTRATION = Path("reports/register/registration.json")
 MODEL_CARD = Path("reports/register/model_card.md")
 RETRAIN_LOCK = Path(".ferflow-retrain.lock")
+REGISTRY_LOCK = Path(".ferflow-registry.lock")  # held while registering or promoting
 
 MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlruns")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferflow import paths
-from ferflow.io import array_digest
+from ferflow.io import array_digest, exclusive_lock
 
 if TYPE_CHECKING:
     from ferflow.params import Params
@@ -85,8 +85,21 @@ def client(repo_root: Path) -> Any:
     """A client of the project's store that leaves MLflow's global URI alone."""
     import mlflow
 
-    relocate_store(repo_root)
-    return mlflow.MlflowClient(tracking_uri(repo_root))
+    uri = tracking_uri(repo_root)
+    if not uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(uri)
+    # Parallel experiments (`dvc queue start -j N`) open the store at the same moment. MLflow creates a new
+    # sqlite store's tables, or migrates an old one, on first use, and two processes doing that at once fail
+    # ("duplicate column name", alembic "expected to match one row"): measured, 4 processes on a new store,
+    # 3 failed. So the first use happens under a lock beside the database; writes after that are safe (sqlite
+    # waits for its own lock).
+    database = Path(uri.removeprefix("sqlite:///"))
+    with exclusive_lock(database.with_name(database.name + ".lock")):
+        relocate_store(repo_root)
+        project_client = mlflow.MlflowClient(uri)
+        project_client.search_experiments(max_results=1)  # creates or migrates the tracking tables
+        project_client.search_registered_models(max_results=1)  # and the registry's
+    return project_client
 
 
 @contextlib.contextmanager
@@ -194,12 +207,19 @@ def runtime_tags(repo_root: Path) -> dict[str, str]:
 def experiment_id(client, name: str, repo_root: Path) -> str:
     """The id of experiment ``name``, created if it is new: with its artifacts under ``<repo>/mlruns`` for a
     local store; where the server says for a tracking server (``--serve-artifacts``: uploaded through it)."""
+    from mlflow.exceptions import MlflowException
+
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    if tracking_uri(repo_root).startswith(("http://", "https://")):
-        return client.create_experiment(name)
-    return client.create_experiment(name, artifact_location=artifact_location(repo_root))
+    location = None if tracking_uri(repo_root).startswith(("http://", "https://")) else artifact_location(repo_root)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        created = client.get_experiment_by_name(name)  # a parallel experiment created it first
+        if created is None:
+            raise
+        return created.experiment_id
 
 
 def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: Path, context: str) -> None:

@@ -68,6 +68,24 @@ def test_a_port_in_use_is_refused_before_anything_starts(tracking_server):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_failure_after_postgresql_started_leaves_nothing_running():
+    """The MLflow server never answers in time (a zero wait): the start fails with its log, and stops the
+    PostgreSQL it had started and the mlflow server it had launched."""
+    root = Path(tempfile.mkdtemp(prefix="ferflow-server-"))
+    root.chmod(0o755)
+    port, pg_port = _free_port(), _free_port()
+    try:
+        with pytest.raises(server.ServerError, match=f"did not answer on http://127.0.0.1:{port} within 0 s"):
+            server.start(root, port=port, pg_port=pg_port, workers=1, wait_s=0)
+        assert (root / "pgdata" / "PG_VERSION").is_file()  # PostgreSQL had been initialised and started
+        assert server.server_command("status", root, 0, pg_port) == 3
+        assert not (root / "pgdata" / "postmaster.pid").exists() and not (root / "mlflow.pid").exists()
+        assert server._port_free(pg_port) and server._port_free(port)  # nothing listens any more
+    finally:
+        server.stop(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_train_evaluate_register_log_runs_artifacts_and_the_champion_to_the_server(
     tracking_server, tmp_path, monkeypatch, synthetic_arrays
 ):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ferflow import registry, tracking
-from ferflow.io import atomic_open, write_json
+from ferflow import paths, registry, tracking
+from ferflow.io import atomic_open, exclusive_lock, write_json
 from ferflow.model_card import build_model_card
 from ferflow.params import Params
 from ferflow.run_info import RunInfo
@@ -51,8 +51,10 @@ def run(
     params: Params, run_info: Path, clean_arrays: Path, registration_out: Path, card_out: Path, repo_root: Path
 ) -> dict[str, Any]:
     facts = RunInfo.read(run_info)
-    with tracking.store(repo_root) as client:  # the gate loads models by models:/ URI
-        return _register(params, facts, client, clean_arrays, registration_out, card_out)
+    # Parallel experiments (`dvc queue start -j N`) reach this stage at about the same time: each ranks the
+    # runs, registers and moves aliases, so they take turns, and the later one ranks the earlier one's run too.
+    with exclusive_lock(repo_root / paths.REGISTRY_LOCK), tracking.store(repo_root) as client:
+        return _register(params, facts, client, clean_arrays, registration_out, card_out)  # the gate loads models:/
 
 
 def _register(
