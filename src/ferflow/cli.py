@@ -116,9 +116,11 @@ def _server(args: argparse.Namespace, params: Params) -> int:
 
 
 def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
-    """The command line. Default paths are the repository's (``root``, found from the current folder), so the
-    commands work from any folder inside it; paths given on the command line are taken as the user wrote them."""
-    root = root or paths.find_repo_root()
+    """The command line. Default paths and params.yaml are the workspace's (``root``, found from the current
+    folder), so the commands work from any folder inside it; paths given on the command line are taken as the
+    user wrote them. ``repo_root`` owns the MLflow store: the workspace, or for a DVC experiment's copy under
+    ``.dvc/tmp/exps`` the project that queued it (:func:`ferflow.paths.find_repo_root`)."""
+    root = root or paths.find_workspace_root()
 
     def _add_paths(parser: argparse.ArgumentParser, options: dict[str, tuple[Path, str]]) -> None:
         for flag, (default, help_text) in options.items():
@@ -131,7 +133,7 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferflow {__version__}")
     parser.add_argument("--params", type=Path, default=None,
                         help="params file (default: params.yaml at the repository's root)")  # fmt: skip
-    parser.set_defaults(repo_root=root)
+    parser.set_defaults(workspace=root, repo_root=paths.find_repo_root(root))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stage: Callable[..., argparse.ArgumentParser] = commands.add_parser
@@ -270,7 +272,7 @@ def _params(args: argparse.Namespace) -> Params:
     params file: it runs on the typed defaults (the values params.yaml spells out)."""
     if args.params is not None:
         return load_params(args.params)
-    default = args.repo_root / "params.yaml"
+    default = args.workspace / "params.yaml"
     if not default.is_file() and args.command == "predict" and args.model:
         return Params()
     return load_params(default)

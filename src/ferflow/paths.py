@@ -46,8 +46,20 @@ MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlruns")
 
 
+def find_workspace_root(start: Path | None = None) -> Path:
+    """The workspace the pipeline runs in: the nearest folder at or above ``start`` holding ``dvc.yaml``.
+    Its ``params.yaml`` and default paths are the ones a stage uses; inside a DVC experiment's copy, the copy's
+    (``dvc exp run -S`` changed the copy's params.yaml, not the project's)."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
 def find_repo_root(start: Path | None = None) -> Path:
-    """The project's root: the nearest folder at or above ``start`` holding ``dvc.yaml``.
+    """The project's root, which owns the MLflow store and the registry locks: the workspace root, except in
+    a DVC experiment's copy.
 
     ``dvc exp run --temp`` and queued experiments run in a copy under ``<root>/.dvc/tmp/exps/``; that copy
     has its own ``dvc.yaml``, but results belong to the real project, so a copy inside ``.dvc`` resolves to
@@ -56,7 +68,4 @@ def find_repo_root(start: Path | None = None) -> Path:
     start = (start or Path.cwd()).resolve()
     if ".dvc" in start.parts:
         return Path(*start.parts[: start.parts.index(".dvc")])
-    for folder in (start, *start.parents):
-        if (folder / "dvc.yaml").is_file():
-            return folder
-    return start
+    return find_workspace_root(start)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ferflow.cli import build_parser, main
+from ferflow.cli import _params, build_parser, main
 from ferflow.schema import EMOTIONS
 
 
@@ -85,6 +85,30 @@ def test_commands_work_from_any_folder_of_the_repository(tmp_path, capsys, monke
 
     args = build_parser().parse_args(["train"])
     assert args.model == tmp_path / "models" / "model.keras" and args.repo_root == tmp_path
+
+
+def test_in_a_dvc_experiments_copy_params_and_paths_are_the_copys_and_the_store_is_the_projects(
+    tmp_path, monkeypatch
+):
+    """`dvc exp run -S` and queued experiments change and run a copy under .dvc/tmp/exps: the stage must read
+    that copy's params.yaml and files, and log into the project's one MLflow store."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    project = tmp_path
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpq1w2e3"
+    for folder, rate in ((project, 0.002), (copy, 0.004)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dvc.yaml").write_text("stages: {}\n")
+        params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+        params["train"]["learning_rate"] = rate
+        (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(copy)
+    args = build_parser().parse_args(["train"])
+    assert args.workspace == copy and args.repo_root == project
+    assert args.model == copy / "models" / "model.keras"
+    assert _params(args).train.learning_rate == 0.004
 
 
 def test_no_params_file_is_named_with_its_path(tmp_path, capsys, monkeypatch):
