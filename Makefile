@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-backends ui lint lock clean
+.PHONY: help setup repro test test-backends test-parallel ui lint lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ $(VENV)/.torch: $(STAMP)
 
 test-backends: $(VENV)/.torch  ## set up (adds PyTorch's CPU build), then run the DAG under tensorflow, jax and torch
 	$(RUN) pytest -m backends -p no:xdist
+
+test-parallel: $(STAMP)  ## set up, then run a swept grid of DVC experiments two at a time into one MLflow store
+	$(RUN) pytest -m parallel -p no:xdist
 
 ui: $(STAMP)  ## MLflow UI on the project's store, at http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

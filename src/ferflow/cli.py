@@ -109,6 +109,13 @@ def _recipe(args: argparse.Namespace, params: Params) -> int:
     return recipe_command(args.action, args.name, args.params, args.set or (), queue=args.queue)
 
 
+def _sweep(args: argparse.Namespace, params: Params) -> int:
+    from ferflow.sweep import sweep_command
+
+    params_file = args.params or args.workspace / "params.yaml"
+    return sweep_command(params_file, args.workspace, args.set or (), args.jobs, args.recipe, wait=not args.no_wait)
+
+
 def _server(args: argparse.Namespace, params: Params) -> int:
     from ferflow.server import server_command
 
@@ -255,6 +262,15 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
                         help="override one more param, as dvc exp run -S does (repeatable)")  # fmt: skip
     recipe.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     recipe.set_defaults(handler=_recipe)
+
+    sweep = stage("sweep", help="queue a grid of params values as DVC experiments and run N at a time")
+    sweep.add_argument("-S", "--set", action="append", metavar="KEY=V1,V2",
+                       help="one axis of the grid: a params key and its comma-separated values (repeatable)")
+    sweep.add_argument("--jobs", "-j", type=int, default=1,
+                       help="experiments run at once (dvc queue start -j; default: 1; 0: only queue)")
+    sweep.add_argument("--recipe", help="a named recipe's values under every point of the grid")
+    sweep.add_argument("--no-wait", action="store_true", help="start the queue and return without following it")
+    sweep.set_defaults(handler=_sweep)
 
     server = stage("server", help="a shared MLflow tracking server: PostgreSQL store, artifacts served (start/stop)")
     server.add_argument("action", choices=["start", "stop", "status"])
