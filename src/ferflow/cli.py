@@ -106,7 +106,8 @@ def _export(args: argparse.Namespace, params: Params) -> int:
 def _recipe(args: argparse.Namespace, params: Params) -> int:
     from ferflow.recipes import recipe_command
 
-    return recipe_command(args.action, args.name, args.params, args.set or (), queue=args.queue)
+    params_file = args.params or args.workspace / "params.yaml"
+    return recipe_command(args.action, args.name, params_file, args.set or (), queue=args.queue)
 
 
 def _sweep(args: argparse.Namespace, params: Params) -> int:

@@ -111,6 +111,20 @@ def test_in_a_dvc_experiments_copy_params_and_paths_are_the_copys_and_the_store_
     assert _params(args).train.learning_rate == 0.004
 
 
+def test_recipe_apply_writes_the_workspaces_params_file_by_default(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    assert main(["recipe", "apply", "gpu"]) == 0
+    assert f"values written into {tmp_path / 'params.yaml'}" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["architecture"] == "vgg"
+
+
 def test_no_params_file_is_named_with_its_path(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["models"]) == 2
