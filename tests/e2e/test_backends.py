@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ferflow import tracking
-from tests.e2e.dag import STAGES, make_repo, run, stages_run
+from tests.e2e.dag import STAGES, edit_params, make_repo, run, stages_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.backends]
 
@@ -110,3 +110,34 @@ def test_each_backends_model_predicts_the_same_labels_under_every_backend(traine
         for loaded_under, answer in answers.items():
             assert answer["labels"] == reference["labels"], f"{trained_under} model under {loaded_under}"
             np.testing.assert_allclose(answer["proba"], reference["proba"], atol=1e-4)
+
+
+@pytest.mark.skipif(not installed("jax"), reason="jax is not installed (make test-backends installs it)")
+def test_the_gpu_recipe_dag_runs_under_jax_on_two_virtual_devices_and_registers_only_gpu_runs(tmp_path):
+    """Without a GPU, the gpu recipe's whole DAG under JAX with 2 virtual devices standing in for 2 GPUs, in
+    mixed bfloat16: each batch is split over both devices. `register.require_gpu: true` (the recipe's) then
+    refuses the CPU-trained run, naming why, and registers nothing; with it off the run becomes champion."""
+    repo = make_repo(tmp_path)
+    run(["ferflow", "recipe", "apply", "gpu"], repo)
+    edit_params(repo, model__width=8, model__depth=2, model__dense_units=16, train__epochs=2,
+                train__batch_size=64, train__precision="mixed_bfloat16", cv__folds=2)  # fmt: skip
+    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    refused = run(["dvc", "repro"], repo, check=False, env=env)
+    assert refused.returncode != 0
+    assert "no finished, evaluated run trained on a GPU (register.require_gpu is true)" in refused.stderr
+    assert not (repo / "reports/register/registration.json").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+
+    run_info = json.loads((repo / "reports/train/run.json").read_text())
+    tags = client.get_run(run_info["run_id"]).data.tags
+    assert tags["ferflow.keras_backend"] == "jax" and tags["ferflow.device_type"] == "CPU"
+    assert tags["ferflow.data_parallel_devices"] == "2"
+    assert client.get_run(run_info["run_id"]).data.params["train.precision"] == "mixed_bfloat16"
+    cv_metrics = json.loads((repo / "reports/cv/metrics.json").read_text())
+    assert cv_metrics["folds"] == 2 and "ensemble" in json.dumps(cv_metrics)
+
+    edit_params(repo, register__require_gpu=False)
+    registered = run(["dvc", "repro"], repo, env=env)
+    assert stages_run(registered.stdout) == ["register"]
+    assert json.loads((repo / "reports/register/registration.json").read_text())["champion_version"] == 1
