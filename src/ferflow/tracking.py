@@ -225,12 +225,18 @@ def experiment_id(client, name: str, repo_root: Path) -> str:
 def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: Path, context: str) -> None:
     """Record a split as an MLflow dataset input of the active run (the run page's "Datasets"): its name,
     digest (``ferflow.io.array_digest``), file, schema and size. The faces themselves are not uploaded."""
+    import warnings
+
     import mlflow
 
-    dataset = mlflow.data.from_numpy(
-        np.asarray(images), targets=np.asarray(labels), source=str(Path(source).resolve()), name=name,
-        digest=array_digest(images, labels),
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice (schemes "" and "file": the same class) and warns
+        # on every local path that it "can be interpreted in multiple ways"; either reading is this file.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            np.asarray(images), targets=np.asarray(labels), source=str(Path(source).resolve()), name=name,
+            digest=array_digest(images, labels),
+        )  # fmt: skip
     mlflow.log_input(dataset, context=context)
 
 
