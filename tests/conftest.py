@@ -6,6 +6,7 @@ import functools
 import http.server
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,37 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if self.path.startswith("/status/"):  # /status/503/any.csv answers 503
+            self.send_error(int(self.path.split("/")[2]))
+            return
+        if self.path.startswith("/html/"):  # a login or error page where data was expected
+            body = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path.startswith("/to-ftp/"):  # a redirect to another scheme
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/fer2013.csv")
+            self.end_headers()
+            return
+        if self.path.startswith("/slow/"):  # headers, a little data, then silence
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"emotion,pixels,Usage\n")
+            self.wfile.flush()
+            time.sleep(3)
+            return
+        if self.path.startswith("/unsized/"):  # no Content-Length: the size is known only while reading
+            path = Path(self.translate_path("/" + self.path.split("/", 2)[2]))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(path.read_bytes())
+            self.close_connection = True
+            return
         super().do_GET()
 
 
@@ -164,7 +196,9 @@ class LocalServer:
 def http_server(tmp_path: Path) -> Iterator[LocalServer]:
     """A real HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; it counts GET requests.
 
-    Paths under ``/broken/`` answer with a transfer that breaks off part-way.
+    Paths under ``/broken/`` answer with a transfer that breaks off part-way; ``/status/<code>/`` with that
+    HTTP status; ``/html/`` with an HTML page; ``/to-ftp/`` with a redirect to ftp://; ``/slow/`` stalls after
+    the headers; ``/unsized/<name>`` sends the file without a Content-Length.
     """
     root = tmp_path / "www"
     root.mkdir()

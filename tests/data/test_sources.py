@@ -136,6 +136,37 @@ def test_url_errors_leave_nothing_behind(tmp_path, http_server, synthetic_table)
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.mark.parametrize(("path", "message"), [
+    ("status/503/fer2013.csv", "download failed: HTTP 503"),
+    ("status/500/fer2013.csv", "download failed: HTTP 500"),
+    ("html/fer2013.csv", "the server sent a web page (text/html; charset=utf-8), not a data file"),
+    ("to-ftp/fer2013.csv", "download failed: redirected away from http(s)"),
+])  # fmt: skip
+def test_url_answers_that_are_not_the_data_are_refused_and_leave_nothing(tmp_path, http_server, path, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        run_download(tmp_path, source=http_server.url(path))
+    assert http_server.url(path) in str(error.value)  # the message names the URL
+    assert not (tmp_path / "raw").exists() and not list((tmp_path / "cache").glob("*"))
+
+
+def test_a_stalled_server_and_an_oversized_body_are_refused_and_leave_nothing(tmp_path, http_server,
+                                                                              synthetic_table):  # fmt: skip
+    from ferflow.data.http import download as fetch
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(DataError, match=r"download stalled after \d+ bytes: nothing for 0.5 s; nothing was kept"):
+        fetch(http_server.url("slow/fer2013.csv"), cache, progress=False, timeout_s=0.5)
+    source = write_csv(synthetic_table, http_server.root / "fer2013.csv.gz")
+    size = source.stat().st_size
+    with pytest.raises(DataError, match=f"announces {size} bytes, over the 1000-byte limit; nothing was downloaded"):
+        fetch(http_server.url("fer2013.csv.gz"), cache, progress=False, max_bytes=1000)
+    with pytest.raises(DataError, match="the body grew past the 1000-byte limit; stopped, nothing was kept"):
+        fetch(http_server.url("unsized/fer2013.csv.gz"), cache, progress=False, max_bytes=1000)
+    assert list(cache.iterdir()) == []
+    assert fetch(http_server.url("unsized/fer2013.csv.gz"), cache, progress=False).stat().st_size == size
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
