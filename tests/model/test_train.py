@@ -257,6 +257,10 @@ def test_cv_fold_indices_are_stratified_disjoint_and_complete():
     assert sorted(first_repeat.tolist()) == list(range(100))
     with pytest.raises(ParamsError, match="cv.folds: 50 folds"):
         cv.fold_indices(labels, folds=50, repeats=1, seed=0)
+    # A class with fewer rows than folds would be missing from some folds' scores: refused, naming it.
+    with pytest.raises(ParamsError, match=r"cv.folds: 15 folds need at least 15 training rows of every class; "
+                                          r"class angry has 10 \(lower cv.folds"):  # fmt: skip
+        cv.fold_indices(labels, folds=15, repeats=1, seed=0, class_names=["angry", "disgust", "fear", "happy"])
 
 
 # -- killed and interrupted training, through the real command ------------------------------------------------

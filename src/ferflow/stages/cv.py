@@ -26,14 +26,22 @@ from ferflow.params import Params
 SUMMARISED = ("accuracy", "f1_macro", "f1_weighted", "auc", "loss")
 
 
-def fold_indices(labels: np.ndarray, folds: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, held-out rows) per fold, stratified by label; ``repeats`` reshuffles the whole split."""
+def fold_indices(labels: np.ndarray, folds: int, repeats: int, seed: int,
+                 class_names: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """(train rows, held-out rows) per fold, stratified by label; ``repeats`` reshuffles the whole split.
+    Every class present needs a row in each fold: otherwise a fold is scored without that class (scikit-learn
+    only warns), so it is refused, before any training, naming the class."""
     from sklearn.model_selection import RepeatedStratifiedKFold
 
+    if not len(labels):
+        raise ParamsError(f"cv.folds: {folds} folds of no training rows")
     counts = np.bincount(labels)
-    if not len(labels) or counts.max() < folds:
-        raise ParamsError(f"cv.folds: {folds} folds need at least {folds} training rows of some class; "
-                          f"the largest class has {counts.max()}")  # fmt: skip
+    present = np.flatnonzero(counts)
+    smallest = int(present[np.argmin(counts[present])])
+    if counts[smallest] < folds:
+        name = class_names[smallest] if class_names else f"label {smallest}"
+        raise ParamsError(f"cv.folds: {folds} folds need at least {folds} training rows of every class; class "
+                          f"{name} has {counts[smallest]} (lower cv.folds, or set cv.enabled: false)")  # fmt: skip
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
 
@@ -66,7 +74,7 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
     source = train["source_index"]
     labels = train["labels"][originals]
     settings = params.cv
-    folds = fold_indices(labels, settings.folds, settings.repeats, settings.seed)
+    folds = fold_indices(labels, settings.folds, settings.repeats, settings.seed, class_names)
     is_test, is_val = clean["splits"] == "test", clean["splits"] == "val"
     if not is_val.any():
         raise DataError(f"{clean_arrays}: no validation rows (split 'val'); rerun the validate stage")
