@@ -253,3 +253,100 @@ def test_kaggle_without_credentials_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle"))
     with pytest.raises(DataError, match="no Kaggle credentials were found: set KAGGLE_USERNAME and KAGGLE_KEY"):
         acquire(data_params(source="kaggle"), cache_dir=tmp_path / "cache", progress=False)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return bytes(data)
+
+
+def test_colour_modes_are_read_as_grey_and_a_pixel_bomb_is_refused_undecoded():
+    from ferflow.data.images import decode_grey
+
+    face = np.tile(np.arange(0, 240, 5, dtype=np.uint8), (48, 1))
+    for mode, image in {
+        "CMYK": Image.fromarray(face).convert("CMYK"),
+        "RGBA": Image.fromarray(face).convert("RGBA"),
+        "LA": Image.fromarray(face).convert("LA"),
+        "I;16": Image.fromarray(face.astype(np.uint16) * 257),  # 16-bit: 0..65535
+    }.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+        grey = decode_grey(buffer.getvalue(), f"face.{mode}")
+        assert np.abs(grey.astype(int) - face).max() <= 1, mode
+    # 100 megapixels: under the size at which Pillow itself refuses (179 MP), it would only warn and decode.
+    with pytest.raises(DataError, match=r"bomb.png: not a readable image \(it declares 10000x10000 pixels, over "
+                                        r"the 50,000,000-pixel limit; not decoded\)"):  # fmt: skip
+        decode_grey(_png_declaring(10_000, 10_000), "bomb.png")
+
+
+def test_archive_links_and_bombs_are_refused_before_anything_is_read(tmp_path, synthetic_arrays, monkeypatch):
+    import stat
+
+    from ferflow.data import images as image_module
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_arrays[0][0]).save(buffer, format="PNG")
+    face = buffer.getvalue()
+
+    def archive(name: str, *members: tuple[zipfile.ZipInfo | str, bytes]) -> str:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("train/happy/ok.png", face)
+            for info, data in members:
+                zf.writestr(info, data)
+        return str(path)
+
+    link = zipfile.ZipInfo("train/happy/link.png")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with pytest.raises(DataError, match="entry 'train/happy/link.png' is a symbolic link; refusing the archive"):
+        run_download(tmp_path, source=archive("link.zip", (link, b"/etc/passwd")))
+    with pytest.raises(DataError, match="unsafe entry name '/etc/evil.png' \\(absolute"):
+        run_download(tmp_path, source=archive("absolute.zip", ("/etc/evil.png", face)))
+    # A member that unpacks far past any face image: 2 MB of zeros, about 2 kB packed (limit lowered to 1 MB).
+    monkeypatch.setattr(image_module, "MAX_MEMBER_BYTES", 1 << 20)
+    with pytest.raises(DataError, match=r"entry 'train/sad/zeros.png' unpacks to 2097152 bytes, over the 1048576"):
+        run_download(tmp_path, source=archive("ratio.zip", ("train/sad/zeros.png", bytes(2 << 20))))
+    monkeypatch.setattr(image_module, "MAX_ARCHIVE_BYTES", 100)
+    with pytest.raises(DataError, match=r"ratio2.zip: unpacks to \d+ bytes, over the 100-byte limit"):
+        run_download(tmp_path, source=archive("ratio2.zip"))
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"train/sad/bomb.png: not a readable image \(it declares 10000x10000"):
+        run_download(tmp_path, source=archive("bomb.zip", ("train/sad/bomb.png", _png_declaring(10_000, 10_000))))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_unknown_emotion_folders_links_out_and_empty_folders_are_refused(tmp_path, synthetic_arrays):
+    images, labels, usages = (a[:14] for a in synthetic_arrays)
+    tree = make_image_tree(tmp_path / "faces", images, labels, usages)
+    (tree / "train" / "contempt").mkdir()
+    Image.fromarray(images[0]).save(tree / "train" / "contempt" / "x.png")
+    with pytest.raises(DataError, match=r"train/contempt/x.png: unknown emotion folder 'contempt' under split "
+                                        r"'train'; known names: \['afraid'"):  # fmt: skip
+        run_download(tmp_path, source=str(tree))
+    (tree / "train" / "contempt" / "x.png").unlink()
+    (tree / "train" / "contempt").rmdir()
+
+    outside = tmp_path / "secret.png"
+    Image.fromarray(images[0]).save(outside)
+    (tree / "train" / "happy" / "link.png").symlink_to(outside)
+    with pytest.raises(DataError, match=f"link.png: a link to {outside}, outside {tree}; copy the file in"):
+        run_download(tmp_path, source=str(tree))
+    (tree / "train" / "happy" / "link.png").unlink()
+    inside = next((tree / "train").rglob("*.jpg"))
+    (tree / "train" / "happy" / "same.jpg").symlink_to(inside)  # a link within the folder is read
+    assert run_download(tmp_path, source=str(tree))["rows"] == 15
+
+    empty = tmp_path / "empty" / "train" / "happy"
+    empty.mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found in the <split>/<emotion>/<image> layout"):
+        run_download(tmp_path, source=str(tmp_path / "empty"))

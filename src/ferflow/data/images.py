@@ -9,6 +9,8 @@ refused outright because it marks an archive that was built to escape its folder
 from __future__ import annotations
 
 import io
+import stat
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,13 @@ from ferflow.schema import EMOTION_ALIASES, EMOTIONS, IMAGE_SIZE, USAGE_ALIASES
 # Files that operating systems and tools leave in folders; they are not images and not data.
 _IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
+# Limits against decompression bombs. A face photo is a few megapixels and megabytes; an image that declares
+# more pixels is refused from its header, before it is decoded, and an archive member or archive that would
+# unpack to more bytes is refused from the archive's directory, before anything is read.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_MEMBER_BYTES = 64 << 20
+MAX_ARCHIVE_BYTES = 8 << 30
+
 
 @dataclass
 class ImageFolderReport:
@@ -35,10 +44,22 @@ class ImageFolderReport:
 
 
 def decode_grey(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes of any format, size or mode into a uint8 grey image of the same size."""
+    """Decode image bytes of any format, size or mode (colour, CMYK, alpha, 16-bit) into a uint8 grey image
+    of the same size. An image that declares more than :data:`MAX_IMAGE_PIXELS` is refused undecoded."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():  # Pillow warns from 89 MP; the stricter limit below refuses instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{name}: not a readable image (it declares {width}x{height} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS:,}-pixel limit; not decoded)")  # fmt: skip
             image.load()
+            if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+                # 16-bit grey: PIL's convert("L") clips at 255, which turns a 16-bit face white; scale instead.
+                wide = np.asarray(image, dtype=np.int64)
+                return np.clip(wide >> 8 if wide.max() > 255 else wide, 0, 255).astype(np.uint8)
             return np.asarray(image.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
@@ -58,12 +79,16 @@ def to_fer_image(data: bytes, name: str) -> np.ndarray:
 
 
 def _label_and_usage(relative: PurePosixPath) -> tuple[int, str] | None:
-    """Map ``<split>/<emotion>/<file>`` (possibly under a top folder) to (label, Usage), or None."""
+    """Map ``<split>/<emotion>/<file>`` (possibly under a top folder) to (label, Usage), or None. A known split
+    folder holding an unknown emotion folder is an error: its faces would silently be lost."""
     parts = [part.lower() for part in relative.parts[:-1]]
     if len(parts) < 2:
         return None
     usage = USAGE_ALIASES.get(parts[-2])
     emotion = EMOTION_ALIASES.get(parts[-1])
+    if usage is not None and emotion is None:
+        raise DataError(f"{relative}: unknown emotion folder {relative.parts[-2]!r} under split "
+                        f"{relative.parts[-3]!r}; known names: {sorted(EMOTION_ALIASES)}")  # fmt: skip
     if usage is None or emotion is None:
         return None
     return EMOTIONS.index(emotion), usage
@@ -84,6 +109,16 @@ def _zip_entries(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         names = [_safe_member_name(info.filename, str(path)) for info in infos]  # check all before reading
+        for info in infos:
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise DataError(f"{path}: entry {info.filename!r} is a symbolic link; refusing the archive")
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise DataError(f"{path}: entry {info.filename!r} unpacks to {info.file_size} bytes, over the "
+                                f"{MAX_MEMBER_BYTES}-byte limit for one image; refusing the archive")  # fmt: skip
+        total = sum(info.file_size for info in infos)
+        if total > MAX_ARCHIVE_BYTES:
+            raise DataError(f"{path}: unpacks to {total} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit; refusing "
+                            "the archive")  # fmt: skip
         for info, name in zip(infos, names, strict=True):
             try:
                 yield name, archive.read(info)
@@ -92,7 +127,10 @@ def _zip_entries(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
 
 
 def _folder_entries(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+    inside = root.resolve()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        if file.is_symlink() and not file.resolve().is_relative_to(inside):
+            raise DataError(f"{file}: a link to {file.resolve()}, outside {root}; copy the file in instead")
         yield PurePosixPath(file.relative_to(root).as_posix()), file.read_bytes()
 
 
