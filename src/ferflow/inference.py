@@ -21,6 +21,7 @@ import numpy as np
 from ferflow.data.http import is_url
 from ferflow.data.images import decode_grey, fer_resize
 from ferflow.errors import FerflowError
+from ferflow.schema import IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
 SMALL_SIDE = 64  # images this small are taken to be one cropped face (FER style): detection cannot work on them
@@ -131,6 +132,15 @@ class LoadedModel:
     uri: str
 
 
+def _check_face_input(model, where: str) -> None:
+    """Refuse a model that does not take 48x48 faces (one grey channel or none): it would fail, or worse,
+    answer, on faces of the wrong shape."""
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+    if shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or shape[2:] not in {(), (1,)}:
+        raise ModelNotFound(f"--model {where}: the model takes inputs of shape {shape}, not 48x48 grey faces "
+                            f"({IMAGE_SIZE}, {IMAGE_SIZE}) or ({IMAGE_SIZE}, {IMAGE_SIZE}, 1)")  # fmt: skip
+
+
 def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedModel:
     """A ``.keras`` file, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, or the champion."""
     from mlflow.exceptions import MlflowException
@@ -144,7 +154,12 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
         path = Path(uri)
         if not path.is_file():
             raise ModelNotFound(f"--model {uri}: no such file")
-        loaded = load_keras_model(path)
+        try:
+            loaded = load_keras_model(path)  # safe mode: a Lambda or other code in the file is refused, not run
+        except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+            raise ModelNotFound(f"--model {uri}: not a model ferflow can load safely: {reason}") from None
+        _check_face_input(loaded, str(path))
         return LoadedModel(loaded, class_names_of(loaded), str(path))
     name, _, ref = uri.removeprefix("models:/").partition("@")
     try:
@@ -160,6 +175,7 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
         raise ModelNotFound(
             f"model {uri} not found in {tracking.tracking_uri(repo_root)}{hint}: {exc.message}"
         ) from None
+    _check_face_input(loaded, uri)
     # The names the model carries; a version logged before models carried them has them as a tag.
     names = class_names_of(loaded)
     if not any(layer.name == CLASS_NAMES_LAYER for layer in loaded.layers) and version.tags.get("classes"):

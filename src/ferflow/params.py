@@ -282,6 +282,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found (give --params, or run inside the repository)") from None
+    if not text.strip():
+        # An empty file would silently run every stage on built-in defaults, whatever the user meant to set.
+        raise ParamsError(f"{path}: the params file is empty; restore it from git (git checkout {path.name})")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

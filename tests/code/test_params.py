@@ -33,6 +33,12 @@ def test_repository_params_file_is_valid_and_complete():
         ),
         ({"subsample": {"classes": ["happy", "joy"]}}, "unknown class name(s) ['joy']"),
         ({"subsample": {"classes": ["happy"]}}, "needs at least two classes"),
+        ({"subsample": {"classes": ["happy", "sad", "Happy"]}}, "subsample.classes: lists a class more than once"),
+        ({"cv": {"folds": 1}}, "cv.folds"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer"),
+        ({"model": {"architecture": "resnet9000"}}, "model.architecture"),
+        ({"register": {"metric": "test_f1_macro"}}, "register.metric"),
         ({"subsample": {"classes": "five"}}, "unknown preset 'five'"),
         ({"data": {"sha256": "abc"}}, "data.sha256: must be 64 hexadecimal characters"),
         ({"data": {"on_bad_image": "ignore"}}, "data.on_bad_image: Input should be 'error' or 'skip'"),
@@ -73,6 +79,9 @@ def test_params_file_errors(tmp_path):
         load_params(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+    bad.write_text("  \n")
+    with pytest.raises(ParamsError, match="params.yaml: the params file is empty; restore it from git"):
         load_params(bad)
 
 

@@ -146,3 +146,35 @@ def test_a_missing_model_is_a_clear_error(tmp_path, capsys, monkeypatch, folder)
     assert "--model nowhere.keras: no such file" in capsys.readouterr().err
     assert main(["predict", str(folder)]) == 2
     assert "models:/ferflow-fer@champion not found" in capsys.readouterr().err
+
+
+def test_model_files_that_are_unsafe_not_models_or_of_the_wrong_shape_are_refused(tmp_path, folder, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    """A Lambda layer carries Python code: a safe loader refuses the file without running it. The marker file
+    proves it: loading the same file unsafely runs the payload and writes it."""
+    import keras
+
+    marker = tmp_path / "payload-ran"
+    payload = f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]"
+    evil = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Lambda(eval(payload)),
+                             keras.layers.Flatten(), keras.layers.Dense(7, activation="softmax")])  # fmt: skip
+    marker.unlink(missing_ok=True)  # building the model ran it once
+    evil.save(tmp_path / "evil.keras")
+    marker.unlink(missing_ok=True)
+    not_a_model = tmp_path / "notes.keras"
+    not_a_model.write_text("this is not a model")
+    wrong_shape = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    wrong_shape.save(tmp_path / "rgb64.keras")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    refusals = {"evil.keras": "not a model ferflow can load safely: ",
+                "notes.keras": "not a model ferflow can load safely: ",
+                "rgb64.keras": "the model takes inputs of shape (64, 64, 3), not 48x48 grey faces"}  # fmt: skip
+    for name, message in refusals.items():
+        assert main(["predict", str(folder), "--model", name]) == 2, name
+        err = capsys.readouterr().err
+        assert f"--model {name}: {message}" in err and err.count("error:") == 1 and "Traceback" not in err, err
+    assert not marker.exists()  # refused, never executed
+    keras.models.load_model(tmp_path / "evil.keras", safe_mode=False)
+    assert marker.read_text() == "ran"  # the payload was live: loaded unsafely, it ran
