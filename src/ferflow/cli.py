@@ -323,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FerflowError as exc:
         print(f"ferflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine said no (disk full, permissions, a vanished mount): no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"ferflow {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ferflow {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130

@@ -21,6 +21,10 @@ class ValidationFailed(FerflowError):
     """The data quality gate failed: too many bad rows or a dataset-level expectation failed."""
 
 
+class StorageError(FerflowError):
+    """An output cannot be written (read-only folder, full disk, quota); the previous output is kept."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a scheduler or ``kill``): unwinds like Ctrl-C so that runs and files are closed
     properly. A BaseException, so that ``except Exception`` blocks do not swallow it."""

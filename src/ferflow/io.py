@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -13,17 +14,26 @@ from typing import IO, Any
 
 import numpy as np
 
+from ferflow.errors import StorageError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    The temporary file lives in the same directory so that the final ``os.replace`` is atomic.
+    The temporary file lives in the same directory so that the final ``os.replace`` is atomic. Its name holds
+    the writer's process id, so that the temporary file of a writer that was killed (SIGKILL leaves no chance
+    to clean up) is removed by the next writer of ``path``. A folder that cannot be written (read-only, full
+    disk) raises :class:`StorageError` naming ``path``; whatever was at ``path`` before is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -32,8 +42,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:
+        # Only a failure to write this output is a storage error; one reading an input passes through as is.
+        if exc.filename not in (None, str(tmp), str(path)):
+            raise
+        raise _storage_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    reason = exc.strerror or str(exc)
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+    return StorageError(f"cannot write {path}: {reason} (errno {exc.errno}); {kept}")
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove temporary files beside ``path`` left by writers that no longer run (killed mid-write)."""
+    prefix = f".{path.name}."
+    for orphan in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = orphan.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -1,3 +1,9 @@
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -27,3 +33,59 @@ def test_npz_round_trip_without_pickle(tmp_path):
     data = read_npz(path)
     assert data["images"].shape == (2, 48, 48)
     assert data["names"].tolist() == ["happy", "sad"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path):
+    target = tmp_path / "metrics.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".metrics.json.{dead.stdout.strip()}.abc123.tmp"  # a writer killed mid-write left it
+    orphan.write_text('{"accuracy": 0.')
+    alive = tmp_path / f".metrics.json.{os.getpid()}.xyz789.tmp"  # a writer still at work: not touched
+    alive.write_text("{")
+    write_json(target, {"accuracy": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "metrics.json"]
+
+
+def _private_mount_namespace() -> str:
+    """``unshare`` if this machine lets an unprivileged user and mount namespace be made, where a tiny tmpfs or
+    a read-only bind mount can be set up without privileges outside it; the test skips otherwise."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a user and mount namespace here (unshare -rm), so no read-only or full mount")
+    return unshare
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("read-only folder", "Read-only file system (errno 30)"),
+    ("full disk", "No space left on device (errno 28)"),
+], ids=["read-only folder", "full disk"])  # fmt: skip
+def test_an_output_folder_that_cannot_be_written_fails_clearly_and_keeps_the_previous_output(
+    tmp_path, synthetic_table, fault, reason
+):
+    """The subsample stage rerun with another seed into a read-only folder or onto a full disk (a real
+    read-only bind mount, a real 8 MiB tmpfs filled up): exit 1, the output named with the system's reason,
+    the previous outputs byte for byte as they were, and no temporary file left."""
+    unshare = _private_mount_namespace()
+    raw, out, previous = tmp_path / "raw.csv", tmp_path / "out", tmp_path / "previous"
+    synthetic_table.to_csv(raw, index=False)
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("subsample: {fraction: 0.5, seed: 1}\n")
+    second.write_text("subsample: {fraction: 0.5, seed: 2}\n")
+    command = [sys.executable, "-m", "ferflow", "subsample", "--raw", str(raw), "--out", str(out / "subsample.csv"),
+               "--summary", str(out / "subsample.json")]  # fmt: skip
+    subprocess.run([*command[:3], "--params", str(first), *command[3:]], check=True, capture_output=True)
+    shutil.copytree(out, previous)
+    assert (out / "subsample.csv").stat().st_size > 100_000  # big enough not to fit in what the disk has left
+    mount = {
+        "read-only folder": f"mount --bind {out} {out} && mount -o remount,bind,ro {out}",
+        "full disk": f"mount -t tmpfs -o size=8m tmpfs {out} && cp {previous}/* {out}/ && "
+                     f"{{ dd if=/dev/zero of={out}/filler bs=4k 2>/dev/null; true; }}",
+    }[fault]  # fmt: skip
+    rerun = " ".join(shlex.quote(part) for part in [*command[:3], "--params", str(second), *command[3:]])
+    script = (f"set -u; {mount} || exit 99; {rerun}; echo exit=$?; rm -f {out}/filler; "
+              f"diff -r {previous} {out} && echo previous outputs intact")  # fmt: skip
+    result = subprocess.run([unshare, "-rm", "bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "exit=1" in result.stdout, result.stdout + result.stderr
+    assert f"ferflow subsample: error: cannot write {out / 'subsample.csv'}: {reason}" in result.stderr
+    assert "the previous file is unchanged" in result.stderr and "Traceback" not in result.stderr
+    assert "previous outputs intact" in result.stdout, result.stdout  # diff -r: no change, no temporary file

@@ -28,7 +28,7 @@ from ferflow.data.quality import QualityReport, check_table, reason_kinds
 from ferflow.data.sampling import stratified_pick
 from ferflow.data.table import decode_pixels
 from ferflow.errors import DataError, ValidationFailed
-from ferflow.io import atomic_path, read_json, write_json, write_npz
+from ferflow.io import atomic_open, atomic_path, read_json, write_json, write_npz
 from ferflow.params import ValidateParams
 from ferflow.schema import COLUMNS, SPLIT_OF_USAGE, SPLITS
 
@@ -180,8 +180,8 @@ def run(
     with atomic_path(quarantine) as tmp:
         quarantined.to_csv(tmp, index=False, lineterminator="\n")
     write_json(gx_result, {"success": not failures, "failures": failures, "suites": report.gx_results})
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(_summary_markdown(facts, report, quarantined), encoding="utf-8")
+    with atomic_open(summary, "w", encoding="utf-8") as handle:
+        handle.write(_summary_markdown(facts, report, quarantined))
     if failures:
         top = "\n  ".join(f"row {row}: {'; '.join(report.row_reasons[row])}" for row in report.bad_rows[:5])
         raise ValidationFailed(
