@@ -168,6 +168,16 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(3)
             return
+        if self.path.startswith("/trickle/"):  # the whole file, slowly: 16 kB every 20 ms
+            data = Path(self.translate_path("/" + self.path.split("/", 2)[2])).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for start in range(0, len(data), 16384):
+                self.wfile.write(data[start : start + 16384])
+                self.wfile.flush()
+                time.sleep(0.02)
+            return
         if self.path.startswith("/unsized/"):  # no Content-Length: the size is known only while reading
             path = Path(self.translate_path("/" + self.path.split("/", 2)[2]))
             self.send_response(200)
@@ -198,7 +208,8 @@ def http_server(tmp_path: Path) -> Iterator[LocalServer]:
 
     Paths under ``/broken/`` answer with a transfer that breaks off part-way; ``/status/<code>/`` with that
     HTTP status; ``/html/`` with an HTML page; ``/to-ftp/`` with a redirect to ftp://; ``/slow/`` stalls after
-    the headers; ``/unsized/<name>`` sends the file without a Content-Length.
+    the headers; ``/unsized/<name>`` sends the file without a Content-Length; ``/trickle/<name>`` sends it
+    slowly (16 kB every 20 ms).
     """
     root = tmp_path / "www"
     root.mkdir()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from ferflow.data.sources import acquire
@@ -167,14 +171,51 @@ def test_a_stalled_server_and_an_oversized_body_are_refused_and_leave_nothing(tm
     assert fetch(http_server.url("unsized/fer2013.csv.gz"), cache, progress=False).stat().st_size == size
 
 
+def test_a_download_killed_mid_transfer_leaves_no_partial_file_and_the_rerun_completes(tmp_path, http_server,
+                                                                                       synthetic_table):  # fmt: skip
+    """SIGKILL to the real `ferflow download` while the body arrives: no file under its final name, no table;
+    the rerun downloads it whole, checks its checksum and removes the killed process's temporary file."""
+    source = write_csv(synthetic_table, http_server.root / "fer2013.csv.gz")
+    digest = sha256_file(source)
+    work, cache = tmp_path / "work", tmp_path / "work" / "data" / "external"
+    work.mkdir()
+    (work / "dvc.yaml").write_text("stages: {}\n")
+    (work / "params.yaml").write_text(yaml.safe_dump({"data": {"source": http_server.url("trickle/fer2013.csv.gz"),
+                                                               "sha256": digest}}))  # fmt: skip
+    command = [sys.executable, "-m", "ferflow", "download", "--out", "data/raw/fer2013.csv", "--manifest",
+               "data/raw/manifest.json", "--cache-dir", "data/external"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (cache.is_dir() and any(p.stat().st_size > 0 for p in cache.glob(".*.tmp"))):
+        assert process.poll() is None and time.monotonic() < deadline, "the download never started"
+        time.sleep(0.005)
+    process.kill()
+    process.wait(timeout=30)
+    (partial,) = cache.glob(".*.tmp")
+    assert 0 < partial.stat().st_size < source.stat().st_size  # killed mid-transfer
+    assert [p for p in cache.iterdir() if not p.name.startswith(".")] == [] and not (work / "data" / "raw").exists()
+
+    rerun = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (cached,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert sha256_file(cached) == digest and not list(cache.glob(".*.tmp"))
+    assert len(read_table(work / "data" / "raw" / "fer2013.csv")) == len(synthetic_table)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda p: p.write_bytes(b""), "the file is empty"),
         (lambda p: p.write_text("emotion,pixels\n0,1 2 3\n"), "missing column(s) ['Usage']"),
         (lambda p: p.write_text("emotion,pixels,Usage\n"), "has a header but no rows"),
-        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary"), "not a"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary"), "not UTF-8 text (byte 0x89"),
+        (lambda p: p.write_bytes("emotion,pixels,Usage\n0,1 2,Training\n".encode("utf-16")),
+         "not UTF-8 text (byte 0xff"),
+        (lambda p: p.write_bytes("emotion,pixels,Usage\n0,1 2,Tr\xe4ining\n".encode("latin-1")),
+         "must be saved again as UTF-8"),
+        (lambda p: p.write_text("emotion;pixels;Usage\n0;1 2;Training\n"), "found emotion;pixels;Usage"),
     ],
+    ids=["empty", "no Usage column", "header only", "binary", "UTF-16", "Latin-1", "semicolons"],
 )
 def test_bad_csv_files(tmp_path, make, message):
     source = tmp_path / "fer2013.csv"
@@ -182,6 +223,27 @@ def test_bad_csv_files(tmp_path, make, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         run_download(tmp_path, source=str(source))
     assert not (tmp_path / "raw" / "fer2013.csv").exists()
+
+
+def test_extra_columns_are_left_out_and_archives_without_the_data_are_refused(tmp_path, synthetic_table):
+    extra = synthetic_table.assign(source="web")  # e.g. a table with a provenance column
+    facts = run_download(tmp_path, source=str(write_csv(extra, tmp_path / "extra.csv")))
+    assert facts["rows"] == len(extra)
+    assert list(read_table(tmp_path / "raw" / "fer2013.csv").columns) == ["emotion", "pixels", "Usage"]
+
+    tarball = tmp_path / "fer2013.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        readme = tarfile.TarInfo("fer2013/README.txt")
+        readme.size = 5
+        archive.addfile(readme, io.BytesIO(b"hello"))
+    with pytest.raises(DataError, match=r"fer2013.tar.gz: no fer2013/fer2013.csv inside \(found: \['fer2013/README"):
+        run_download(tmp_path / "t", source=str(tarball))
+    empty_zip = tmp_path / "faces.zip"
+    with zipfile.ZipFile(empty_zip, "w") as archive:
+        archive.writestr("README.txt", "hello")
+    with pytest.raises(DataError, match=r"faces.zip: no images found in the <split>/<emotion>/<image> layout"):
+        run_download(tmp_path / "z", source=str(empty_zip))
+    assert not (tmp_path / "t" / "raw").exists() and not (tmp_path / "z" / "raw").exists()
 
 
 def test_truncated_gzip_and_truncated_csv(tmp_path, synthetic_table):

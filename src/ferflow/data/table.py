@@ -72,7 +72,9 @@ def read_table(source: str | Path | IO[bytes], name: str | None = None) -> pd.Da
     except pd.errors.ParserError as exc:
         raise DataError(f"{name}: not a readable CSV: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not a text CSV (byte {exc.start} cannot be decoded): is it the right file?") from None
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise DataError(f"{name}: not UTF-8 text (byte 0x{byte} cannot be decoded): is it the right file? A "
+                        "table saved by a spreadsheet as UTF-16 or Latin-1 must be saved again as UTF-8") from None
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
         found = ",".join(map(str, frame.columns[:5]))
