@@ -158,6 +158,12 @@ def promote(client, name: str, gate, predict: Callable[[Any], Any] | None = None
     champion = alias_version(client, name, CHAMPION)
     kept = str(champion.version) if champion is not None else None
     if kept == str(challenger.version):
+        if challenger.tags.get("gate") and challenger.tags.get("gate.promoted") == "false":
+            # A promotion stopped after the alias moved and before it was recorded: record it now.
+            client.set_model_version_tag(name, challenger.version, "gate.promoted", "true")
+            history = _history(client, name)
+            return Decision(True, f"finished promoting version {kept}: it was stopped after champion moved to it",
+                            kept, history[-1] if history else None)  # fmt: skip
         return Decision(False, f"version {kept} is already the champion", kept, kept)
     scores: dict[str, float] = {}
     tags: dict[str, str] = dict.fromkeys(GATE_TAGS, "")

@@ -9,6 +9,11 @@ whose predictions on the same test faces are chosen face by face.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -270,6 +275,29 @@ def test_an_interrupted_promotion_leaves_champion_on_a_valid_version(repo, make_
     registry.promote(client, "ferflow-fer", gate_params(margin=0.0), predict, LABELS)
     assert str(client.get_model_version_by_alias("ferflow-fer", "champion").version) == "2"
     assert registry.rollback(client, "ferflow-fer").champion == "1"
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_promotion_killed_around_the_alias_move_leaves_a_valid_champion_and_the_rerun_completes(repo, make_run,
+                                                                                                 when):  # fmt: skip
+    """SIGKILL to the real `ferflow promote` just before or just after it moves the champion alias: champion
+    is on a READY version either way (the old one, or the new one with its promotion not yet recorded), and
+    rerunning the command completes the promotion, which rollback can then undo."""
+    client = champion_and_challenger(repo, make_run, 200, 350)
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # for tests.killpoints
+    target = "mlflow.tracking.client:MlflowClient.set_registered_model_alias"
+    command = [sys.executable, "-m", "tests.killpoints", target, when, "champion", "--", "promote"]
+    killed = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    champion = client.get_model_version_by_alias("ferflow-fer", "champion")
+    assert str(champion.version) == ("1" if when == "before" else "2") and champion.status == "READY"
+    assert client.get_model_version("ferflow-fer", "2").tags["gate.promoted"] == "false"  # not recorded yet
+
+    assert main(["promote"]) == 0
+    assert aliases(repo)["champion"] == "2"
+    assert client.get_model_version("ferflow-fer", "2").tags["gate.promoted"] == "true"
+    assert main(["promote", "--rollback"]) == 0 and aliases(repo)["champion"] == "1"
 
 
 def test_champion_judged_on_another_test_split_is_compared_on_the_challengers_faces(repo, make_run):
