@@ -21,9 +21,9 @@ import numpy as np
 from ferflow.data.http import is_url
 from ferflow.data.images import decode_grey, fer_resize
 from ferflow.errors import FerflowError
-from ferflow.schema import IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
+MAX_PHOTO_BYTES = 64 << 20  # a photo larger than this is a mistake or an attack, not a face
 SMALL_SIDE = 64  # images this small are taken to be one cropped face (FER style): detection cannot work on them
 BOX_MARGIN = 0.12  # the Haar box is tighter than a FER crop, which shows some hair and chin
 
@@ -93,23 +93,33 @@ def _decode(data: bytes, mode: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def read_source(source: str, timeout: float = 30.0) -> bytes:
-    """The bytes of a file or an http(s) URL; FerflowError saying what is wrong otherwise."""
+def read_source(source: str, timeout: float = 30.0, max_bytes: int = MAX_PHOTO_BYTES) -> bytes:
+    """The bytes of a file or an http(s) URL; FerflowError saying what is wrong otherwise. A web page where a
+    picture was expected, and anything over ``max_bytes``, are refused before they are read."""
     if is_url(source):
         import requests
 
         try:
-            response = requests.get(source, timeout=timeout)
-            response.raise_for_status()
+            with requests.get(source, timeout=timeout, stream=True) as response:
+                response.raise_for_status()
+                content_type = response.headers.get("Content-Type", "")
+                if content_type.split(";")[0].strip().lower() in {"text/html", "application/xhtml+xml"}:
+                    raise FerflowError(f"the server sent a web page ({content_type}), not an image")
+                data = bytearray()
+                for chunk in response.iter_content(1 << 16):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise FerflowError(f"the image is over the {max_bytes >> 20} MiB limit for a photo")
+                return bytes(data)
         except requests.RequestException as exc:
             raise FerflowError(f"cannot download: {exc}") from None
-        data = response.content
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FerflowError("no such file")
-        data = path.read_bytes()
-    return data
+    path = Path(source)
+    if not path.is_file():
+        raise FerflowError("no such file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FerflowError(f"the file is {size / (1 << 20):.0f} MiB, over the {max_bytes >> 20} MiB limit for a photo")
+    return path.read_bytes()
 
 
 def find_faces(grey: np.ndarray, cascade) -> list[tuple[int, int, int, int]]:
@@ -133,12 +143,11 @@ class LoadedModel:
 
 
 def _check_face_input(model, where: str) -> None:
-    """Refuse a model that does not take 48x48 faces (one grey channel or none): it would fail, or worse,
-    answer, on faces of the wrong shape."""
-    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
-    if shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or shape[2:] not in {(), (1,)}:
-        raise ModelNotFound(f"--model {where}: the model takes inputs of shape {shape}, not 48x48 grey faces "
-                            f"({IMAGE_SIZE}, {IMAGE_SIZE}) or ({IMAGE_SIZE}, {IMAGE_SIZE}, 1)")  # fmt: skip
+    from ferflow.models.serving import face_model_problem
+
+    problem = face_model_problem(model)
+    if problem:
+        raise ModelNotFound(f"--model {where}: {problem}")
 
 
 def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedModel:

@@ -111,6 +111,40 @@ def test_predict_from_a_url_and_a_broken_url(folder, model_file, http_server):
     assert "cannot download" in missing.error and "404" in missing.error
 
 
+def test_bad_files_among_good_ones_are_named_and_the_good_ones_still_answered(folder, model_file, tmp_path,
+                                                                              http_server, capsys):  # fmt: skip
+    """Truncated, empty, huge, bomb-sized and non-image files, and a URL answering with a web page, each get
+    their own error line; the good faces between them are still classified, and the exit code says 1."""
+    from tests.data.test_sources import _png_declaring
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    good = (folder / "b_fer_crop.png").read_bytes()
+    (mixed / "a_good.png").write_bytes(good)
+    (mixed / "b_truncated.png").write_bytes(good[: len(good) // 2])
+    (mixed / "c_empty.jpg").write_bytes(b"")
+    with open(mixed / "d_huge.png", "wb") as handle:  # 65 MiB (sparse): over the limit, refused unread
+        handle.truncate(65 << 20)
+    (mixed / "e_bomb.png").write_bytes(_png_declaring(10_000, 10_000))  # 100 MP declared in 70 bytes
+    (mixed / "f_text.jpg").write_text("not a picture")
+    (mixed / "g_good.png").write_bytes(good)
+    page = http_server.url("html/photo.jpg")
+
+    code = main(["predict", str(mixed), page, "--model", str(model_file), "--no-detect"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "a_good.png: face 1 (whole image)" in out and "g_good.png: face 1 (whole image)" in out
+    expected = {"b_truncated.png": "not a readable image", "c_empty.jpg": "not a readable image",
+                "d_huge.png": "the file is 65 MiB, over the 64 MiB limit for a photo",
+                "e_bomb.png": "it declares 10000x10000 pixels, over the 50,000,000-pixel limit",
+                "f_text.jpg": "not a readable image",
+                page: "the server sent a web page (text/html; charset=utf-8), not an image"}  # fmt: skip
+    for name, message in expected.items():
+        (line,) = [line for line in err.splitlines() if name in line]
+        assert message in line, line
+    assert len(err.strip().splitlines()) == len(expected)  # one line each, no traceback
+
+
 def test_no_detect_takes_each_image_as_one_face(folder, model_file):
     (result,) = predict(folder / "c_no_face.png", model=str(model_file), detect=False)
     assert not result.detected and len(result.faces) == 1 and result.faces[0].box == (0, 0, 260, 200)

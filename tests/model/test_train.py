@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ferflow import tracking
-from ferflow.errors import ParamsError
+from ferflow.errors import DataError, ParamsError
 from ferflow.io import read_json, read_npz, write_npz
 from ferflow.models.layers import load_keras_model
 from ferflow.models.serving import class_names_of, load_logged_model
@@ -341,3 +341,54 @@ def test_terminated_training_is_marked_failed_not_left_running(repo):
     run_id = (repo / "checkpoints" / "mlflow_run_id").read_text().strip()
     assert client_for(repo).get_run(run_id).info.status == "FAILED"
     assert not (repo / "model.keras").exists() and not (repo / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_killed_while_logging_or_writing_leaves_no_half_metrics_and_the_rerun_finishes(repo):
+    """SIGKILL to the real `ferflow evaluate` at two points: while it logs into the training run (the run is
+    left RUNNING, not yet marked evaluated, so register cannot pick it), and as it moves metrics.json into
+    place. Neither leaves a metrics file; the rerun logs into the same run, ends it FINISHED and writes it."""
+    facts = run_train(repo)
+    (repo / "params.yaml").write_text("{}\n")
+    out = repo / "eval"
+    # A model that does not fit the data (5 class scores for 7 classes) is refused before anything is written.
+    import keras
+
+    five = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    five.save(repo / "five.keras")
+    with pytest.raises(DataError, match=r"five.keras: the model gives 5 class scores, but the data has 7 classes"):
+        evaluate.run(parse_params({}).evaluate, repo / "five.keras", repo / "clean.npz", repo / "run.json",
+                     out / "metrics.json", out / "records.json", out / "confusion.json", out / "report.txt",
+                     out / "plots", repo)  # fmt: skip
+    assert not out.exists()
+    evaluate_args = ["evaluate", "--model", "models/model.keras", "--clean", "clean.npz", "--run-info", "run.json",
+                     "--metrics", "eval/metrics.json", "--confusion-records", "eval/records.json", "--confusion",
+                     "eval/confusion.json", "--report", "eval/report.txt", "--plots", "eval/plots"]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # for tests.killpoints
+    client = client_for(repo)
+
+    def evaluate_killed(target: str, match: str) -> None:
+        command = [sys.executable, "-m", "tests.killpoints", target, "before", match, "--", *evaluate_args]
+        killed = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        assert not (out / "metrics.json").exists()
+
+    evaluate_killed("mlflow:set_tags", "ferflow.evaluated")
+    run = client.get_run(facts.run_id)
+    assert run.info.status == "RUNNING" and "ferflow.evaluated" not in run.data.tags
+    assert "test_accuracy" in run.data.metrics  # it was killed part-way through logging
+
+    evaluate_killed("os:replace", "metrics.json")
+    assert client.get_run(facts.run_id).info.status == "FINISHED"
+    assert len(list(out.glob(".metrics.json.*.tmp"))) == 1  # the killed writer's complete but unplaced file
+
+    rerun = subprocess.run([sys.executable, "-m", "ferflow", *evaluate_args], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    written = read_json(out / "metrics.json")
+    run = client.get_run(facts.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ferflow.evaluated"] == "true"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(written["accuracy"])
+    assert [r.info.run_id for r in client.search_runs([facts.experiment_id])] == [facts.run_id]  # no stray run
+    assert not list(out.glob(".*.tmp"))

@@ -61,6 +61,19 @@ def takes_raw_faces(model) -> bool:
     return any(layer.name == SCALING_LAYER for layer in model.layers)
 
 
+def face_model_problem(model, class_count: int | None = None) -> str | None:
+    """What makes ``model`` unfit for 48x48 grey faces (and ``class_count`` classes, if given), or None. A model
+    of the wrong shape would fail on the faces or, worse, answer with labels that mean something else."""
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+    if shape[:2] != (IMAGE_SIZE, IMAGE_SIZE) or shape[2:] not in {(), (1,)}:
+        return (f"the model takes inputs of shape {shape}, not 48x48 grey faces ({IMAGE_SIZE}, {IMAGE_SIZE}) or "
+                f"({IMAGE_SIZE}, {IMAGE_SIZE}, 1)")  # fmt: skip
+    outputs = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    if class_count is not None and outputs != class_count:
+        return f"the model gives {outputs} class scores, but the data has {class_count} classes"
+    return None
+
+
 def class_names_of(model) -> list[str]:
     """The names the model carries; for a model saved before it carried them, the rule ferflow always used:
     the FER-2013 order for 7 outputs, ``class_<i>`` otherwise."""

@@ -106,6 +106,7 @@ def run(
     import mlflow
 
     from ferflow.models.layers import load_keras_model
+    from ferflow.models.serving import face_model_problem
 
     facts = RunInfo.read(run_info)
     clean = read_npz(clean_arrays)
@@ -124,6 +125,9 @@ def run(
     val_images, val_labels = clean["images"][is_val], clean["labels"][is_val]
 
     model = load_keras_model(model_path)
+    problem = face_model_problem(model, len(class_names))
+    if problem:
+        raise DataError(f"{model_path}: {problem} ({clean_arrays}: {', '.join(class_names)}); rerun the train stage")
     proba = predict_with_tta(model, images)
     scores = classification_metrics(labels, proba, class_names)
     val_scores = classification_metrics(val_labels, predict_with_tta(model, val_images), class_names)
