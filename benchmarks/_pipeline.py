@@ -51,6 +51,9 @@ def pipeline_copy(work: Path, values: dict[str, Any]) -> Path:
     for name in PIPELINE_FILES:
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, work / name)
+    # The stages depend on their code (dvc.yaml lists it); the code that runs is the installed package.
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                    dirs_exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     apply_to_file(work / "params.yaml", values)
     return work
