@@ -214,8 +214,10 @@ def test_a_download_killed_mid_transfer_leaves_no_partial_file_and_the_rerun_com
         (lambda p: p.write_bytes("emotion,pixels,Usage\n0,1 2,Tr\xe4ining\n".encode("latin-1")),
          "must be saved again as UTF-8"),
         (lambda p: p.write_text("emotion;pixels;Usage\n0;1 2;Training\n"), "found emotion;pixels;Usage"),
+        (lambda p: p.write_text("emotion,pixels,Usage\n0,1 2,Training\n1,3 4,Training,PublicTest\n"),
+         "not a readable CSV: Error tokenizing data. C error: Expected 3 fields in line 3, saw 4"),
     ],
-    ids=["empty", "no Usage column", "header only", "binary", "UTF-16", "Latin-1", "semicolons"],
+    ids=["empty", "no Usage column", "header only", "binary", "UTF-16", "Latin-1", "semicolons", "too many fields"],
 )
 def test_bad_csv_files(tmp_path, make, message):
     source = tmp_path / "fer2013.csv"
@@ -293,11 +295,14 @@ def test_bad_images_error_or_skip(tmp_path, synthetic_arrays):
     (tree / "train" / "sad" / "notes.jpg").write_text("this is not an image")
     good = next(tree.rglob("*.jpg")).read_bytes()
     (tree / "train" / "fear" / "corrupt.jpg").write_bytes(good[: len(good) // 3])
+    (tree / "train" / "happy").mkdir(exist_ok=True)
+    (tree / "train" / "happy" / "empty.png").write_bytes(b"")
     with pytest.raises(DataError) as error:
         run_download(tmp_path, source=str(tree))
     message = str(error.value)
-    assert "2 file(s) are not readable images" in message
-    assert "train/sad/notes.jpg" in message and "train/fear/corrupt.jpg" in message
+    assert "3 file(s) are not readable images" in message
+    for name in ("train/sad/notes.jpg", "train/fear/corrupt.jpg", "train/happy/empty.png"):
+        assert name in message
     assert "data.on_bad_image: skip" in message
     assert not (tmp_path / "raw").exists()
 
@@ -305,6 +310,7 @@ def test_bad_images_error_or_skip(tmp_path, synthetic_arrays):
     assert facts["rows"] == 20
     assert sorted(item["file"] for item in facts["skipped_files"]) == [
         "train/fear/corrupt.jpg",
+        "train/happy/empty.png",
         "train/sad/notes.jpg",
     ]
 

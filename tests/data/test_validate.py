@@ -53,8 +53,10 @@ DEFECTS = {
     "label not in 0..6": with_row_3("emotion", lambda t: "9"),
     "Usage not one of": with_row_3("Usage", lambda t: "Validation"),
     "pixel count is not 2304": with_row_3("pixels", lambda t: " ".join(t.at[3, "pixels"].split()[:-1])),
+    "pixel count is not 2304 (long)": with_row_3("pixels", lambda t: t.at[3, "pixels"] + " 17"),
     "pixels are not all integers": with_row_3("pixels", lambda t: replace_pixel(t.at[3, "pixels"], 10, "12.5")),
     "pixel value above 255": with_row_3("pixels", lambda t: replace_pixel(t.at[3, "pixels"], 10, "256")),
+    "pixel value below 0": with_row_3("pixels", lambda t: replace_pixel(t.at[3, "pixels"], 10, "-3")),
     "near-blank or constant image": with_row_3("pixels", lambda t: " ".join(["128"] * 2304)),
 }
 
@@ -66,7 +68,7 @@ def test_each_row_check_quarantines_its_defect(tmp_path, synthetic_table, reason
     facts = run_validate(tmp_path, table)
     bad = quarantine(tmp_path)
     assert bad["row"].tolist() == ["3"]
-    assert reason in bad.at[0, "reason"]
+    assert reason.removesuffix(" (long)") in bad.at[0, "reason"]
     assert facts["quarantined_rows"] == 1 and facts["passed"]
     # The quarantined row is kept exactly as it was (nothing lost), and left out of the clean arrays.
     original = table.loc[3, ["emotion", "pixels", "Usage"]].fillna("").astype(str).tolist()

@@ -26,7 +26,8 @@ import pandas as pd
 
 from ferflow.schema import COLUMNS, N_PIXELS, SPLIT_OF_USAGE, SPLITS, USAGES
 
-_INTEGER_TOKEN = re.compile(r"^\d+$")
+# A sign is allowed so that "-3" reads as a pixel below 0, not as "not an integer".
+_INTEGER_TOKEN = re.compile(r"^[+-]?\d+$")
 
 
 @dataclass(frozen=True)
