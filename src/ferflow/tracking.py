@@ -201,6 +201,8 @@ def runtime_tags(repo_root: Path) -> dict[str, str]:
         "ferflow.device_type": device_type,
         "ferflow.device_name": device_name,
         "ferflow.data_parallel_devices": str(data_parallel_count()),
+        # what train.precision resolved to (auto differs by machine), set by compiled_model like the distribution
+        "ferflow.dtype_policy": keras.mixed_precision.dtype_policy().name,
     }
 
 

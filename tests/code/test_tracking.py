@@ -82,6 +82,30 @@ def test_runtime_tags_name_the_backend_device_and_commit(tmp_path):
     assert tags["mlflow.source.git.commit"] == "unknown"
     assert tags["ferflow.keras_backend"] == keras.backend.backend()
     assert tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.device_name"]
+    assert tags["ferflow.dtype_policy"] == keras.mixed_precision.dtype_policy().name
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_multiplies_it(tmp_path):
+    import keras
+
+    from ferflow.models.training import configure_precision, cpu_has_amx_bf16, dtype_policy
+    from ferflow.params import TrainParams
+
+    sapphire, older = tmp_path / "sapphire", tmp_path / "older"
+    sapphire.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    older.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_amx_bf16(sapphire) and not cpu_has_amx_bf16(older)
+    assert not cpu_has_amx_bf16(tmp_path / "no-such-file")  # not Linux: float32
+    assert dtype_policy("float32") == "float32" and dtype_policy("mixed_float16") == "mixed_float16"
+    from ferflow.tracking import device
+
+    hardware_bf16 = device()[0] == "GPU" or (keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16())
+    expected = "mixed_bfloat16" if hardware_bf16 else "float32"
+    try:
+        assert configure_precision(TrainParams(precision="auto")) == expected
+        assert keras.mixed_precision.dtype_policy().name == expected
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
 
 
 def test_store_points_mlflow_at_the_project_only_inside_the_block(repo, tmp_path):

@@ -75,6 +75,7 @@ def test_train_logs_params_step_metrics_tags_and_the_model(repo):
         tags["ferflow.device_type"] in {"CPU", "GPU"} and tags["ferflow.keras_backend"]
         and tags["mlflow.source.git.commit"]
     )
+    assert tags["ferflow.dtype_policy"] == "float32"  # train.precision's default; auto is tested in test_tracking
     assert len(tags["ferflow.data_hash"]) == 16 and tags["ferflow.classes"] == ",".join(EMOTIONS)
     for key in ("loss", "accuracy", "precision", "recall", "auc", "f1_macro"):
         for metric in (key, f"val_{key}"):
