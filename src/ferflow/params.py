@@ -144,11 +144,25 @@ class ModelParams(_Section):
     )
     width: Annotated[int, Field(ge=4, le=512)] = 16
     depth: Annotated[int, Field(ge=1, le=5)] = 3
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3  # before the classifier
+    # after each conv block of simple_cnn and vgg
+    block_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
+    # vgg: convs in the first (48x48) stage, the costliest per filter; the later stages have 2 each
+    first_stage_convs: Annotated[int, Field(ge=1, le=2)] = 2
     dense_units: Annotated[int, Field(ge=8, le=4096)] = 128
     weights: str = "none"  # transfer backbones: none | a local weights file
     transfer_input_size: Annotated[int, Field(ge=32, le=224)] = 48
     freeze_backbone: bool = False
+    # 0: the network sees the whole 48x48 face. N (24-47): an NxN crop of it, random in training, the centre
+    # at inference (FER-2013 recipes train on 40x40 crops; evaluate.tta averages shifted crops).
+    input_crop: Annotated[int, Field(ge=0, le=47)] = 0
+
+    @field_validator("input_crop")
+    @classmethod
+    def _crop_leaves_a_face(cls, value: int) -> int:
+        if 0 < value < 24:
+            raise ValueError(f"must be 0 (no crop) or 24-47 pixels; a {value}x{value} crop leaves too little face")
+        return value
 
 
 class TrainParams(_Section):
@@ -166,8 +180,8 @@ class TrainParams(_Section):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0
     class_weighting: bool = False
-    # Keras dtype policy. auto: mixed_bfloat16 when the backend sees a GPU, float32 otherwise (on CPU
-    # mixed precision is slower); the softmax output stays float32 either way.
+    # Keras dtype policy. auto: mixed_bfloat16 when the backend sees a GPU or on a CPU with AMX bf16 units
+    # under TensorFlow, float32 elsewhere (there it is slower); the softmax output stays float32 either way.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
     # auto: data-parallel (keras.distribution.DataParallel) over every device the backend lists when there
     # are several, each batch split between them (JAX; Keras' distribution API has no other backend yet)

@@ -107,3 +107,67 @@ def test_losses_match_hand_computed_values():
 def test_class_weights_are_balanced():
     weights = class_weights(np.array([0, 0, 0, 1, 2, 2]), n_classes=4)
     assert weights == pytest.approx({0: 6 / (4 * 3), 1: 6 / (4 * 1), 2: 6 / (4 * 2), 3: 0.0})
+
+
+def test_face_crop_is_a_random_crop_per_face_in_training_and_the_centre_at_inference():
+    from ferflow.models.layers import FaceCrop
+
+    faces = np.arange(16 * 48 * 48, dtype=np.float32).reshape(16, 48, 48, 1)
+    crop = FaceCrop(40, seed=3)
+    cropped = np.asarray(crop(faces, training=True))
+    assert cropped.shape == (16, 40, 40, 1)
+    offsets = set()
+    for index, view in enumerate(cropped[..., 0]):
+        first = int(view[0, 0]) - index * 48 * 48
+        top, left = divmod(first, 48)
+        assert 0 <= top <= 8 and 0 <= left <= 8
+        np.testing.assert_array_equal(view, faces[index, top : top + 40, left : left + 40, 0])  # a whole crop
+        offsets.add((top, left))
+    assert len(offsets) > 4  # each face draws its own place (keras.layers.RandomCrop moves a batch alike)
+    np.testing.assert_array_equal(np.asarray(crop(faces, training=False)), faces[:, 4:44, 4:44])
+
+
+@pytest.mark.parametrize("architecture", ["simple_cnn", "vgg", "mini_xception"])
+def test_a_cropping_model_takes_whole_faces_and_round_trips(tmp_path, architecture):
+    from ferflow.models import serving
+    from ferflow.models.layers import load_keras_model
+
+    model = build_model(ModelSpec(architecture=architecture, n_classes=3, width=8, depth=2, input_crop=40))
+    assert model.input_shape == (None, 48, 48, 1) and model.get_layer("face_crop").size == 40
+    model.compile(optimizer="adam", loss=make_loss(), run_eagerly=True)
+    faces = np.random.default_rng(0).random((6, 48, 48, 1), dtype=np.float32)
+    model.fit(faces, keras.utils.to_categorical([0, 1, 2, 0, 1, 2], 3), epochs=1, verbose=0)
+    # At inference only the centre counts: the 4-pixel border changes nothing.
+    bordered = faces.copy()
+    bordered[:, :4] = bordered[:, -4:] = bordered[:, :, :4] = bordered[:, :, -4:] = 1.0
+    np.testing.assert_allclose(model.predict(bordered, verbose=0), model.predict(faces, verbose=0), atol=1e-6)
+    served = serving.servable(model, ["a", "b", "c"])
+    served.save(tmp_path / "model.keras")
+    raw = (faces * 255).round()
+    np.testing.assert_allclose(load_keras_model(tmp_path / "model.keras").predict(raw, verbose=0),
+                               served.predict(raw, verbose=0), atol=1e-6)  # fmt: skip
+
+
+def test_input_crop_must_leave_a_face():
+    from ferflow.params import parse_params
+
+    assert parse_params({"model": {"input_crop": 40}}).model.input_crop == 40
+    with pytest.raises(ParamsError, match="model.input_crop: .*0 \\(no crop\\) or 24-47 pixels"):
+        parse_params({"model": {"input_crop": 12}})
+    with pytest.raises(ParamsError, match="model.input_crop"):
+        parse_params({"model": {"input_crop": 48}})
+
+
+def test_vgg_first_stage_convs_and_block_dropout_shape_the_network():
+    def conv_names(model):
+        return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+    two = build_model(ModelSpec(architecture="vgg", n_classes=7, width=8, depth=3))
+    one = build_model(ModelSpec(architecture="vgg", n_classes=7, width=8, depth=3, first_stage_convs=1,
+                                block_dropout=0.0))  # fmt: skip
+    assert conv_names(two) == ["stage1a_conv", "stage1b_conv", "stage2a_conv", "stage2b_conv", "stage3a_conv",
+                               "stage3b_conv"]  # fmt: skip
+    assert conv_names(one) == ["stage1a_conv", "stage2a_conv", "stage2b_conv", "stage3a_conv", "stage3b_conv"]
+    assert two.count_params() - one.count_params() == 8 * 8 * 9 + 4 * 8  # one 8->8 conv and its batch norm
+    assert {two.get_layer(f"stage{s}_dropout").rate for s in (1, 2, 3)} == {0.15}  # params' default
+    assert one.get_layer("stage1_dropout").rate == 0.0 and one.get_layer("head_dropout").rate == 0.3

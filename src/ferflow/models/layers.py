@@ -135,6 +135,45 @@ class RandomErase(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ferflow")
+class FaceCrop(keras.layers.Layer):
+    """The network's view of a face: a ``size`` x ``size`` crop, at a random place of each face in training
+    and the centre at inference (the 40x40 crops of the FER-2013 recipes; averaging shifted views at test time
+    is ``evaluate.tta``). Part of the model, not of the online augmentation, so the saved model crops too.
+
+    ``keras.layers.RandomCrop`` draws one offset per batch, so every face of a batch moves alike; here each
+    face draws its own, with two gathers instead of a resampling.
+    """
+
+    def __init__(self, size: int, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.size = int(size)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        height, width, side = images.shape[1], images.shape[2], self.size
+        if not training:
+            top, left = (height - side) // 2, (width - side) // 2
+            return images[:, top : top + side, left : left + side, :]
+        n, channels = ops.shape(images)[0], images.shape[3]
+
+        def offsets(limit: int):
+            drawn = keras.random.uniform((n,), 0.0, float(limit - side + 1), seed=self.seed_generator)
+            return ops.minimum(ops.cast(drawn, "int32"), limit - side)[:, None] + ops.arange(side, dtype="int32")
+
+        rows = ops.broadcast_to(offsets(height)[:, :, None, None], (n, side, width, channels))
+        images = ops.take_along_axis(images, rows, axis=1)
+        cols = ops.broadcast_to(offsets(width)[:, None, :, None], (n, side, side, channels))
+        return ops.take_along_axis(images, cols, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, *input_shape[3:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": self.size, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="ferflow")
 class ClassNames(keras.layers.Layer):
     """The identity on the probabilities, carrying the class names in the saved model, in output order."""
 
