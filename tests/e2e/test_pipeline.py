@@ -84,8 +84,9 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo, tmp_pat
     assert committed.returncode == 0
     tracked = run(["git", "ls-files"], repo).stdout.splitlines()
     assert {"dvc.lock", "reports/evaluate/metrics.json", "reports/cv/metrics.json"} <= set(tracked)
-    assert not [path for path in tracked if path.endswith((".npz", ".keras")) or "plots/" in path
+    assert not [path for path in tracked if path.endswith((".npz", ".keras")) or "samples_" in path
                 or path.endswith("preview.png") or path.startswith(("data/", "models/", "mlruns/"))]  # fmt: skip
+    assert "reports/evaluate/plots/confusion_matrix.png" in tracked  # counts, no face: it may be in git
 
     # The default remote (a folder beside the clone) round-trips the cached outputs.
     run(["dvc", "push"], repo)
@@ -104,8 +105,9 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo, tmp_pat
     assert stages_run(unchanged.stdout) == ["download"]
     assert "retrain: KEPT: champion of ferflow-fer stays version 1; the pipeline was up to date" in unchanged.stdout
 
-    edit_params(repo, evaluate__tta__flip=True)
-    assert stages_run(run(["dvc", "repro"], repo).stdout) == ["evaluate", "register"]
+    # An experiment, as DVC users run one: only evaluate and register rerun, and DVC's own tables compare it.
+    experiment = run(["dvc", "exp", "run", "-n", "flip", "-S", "evaluate.tta.flip=true"], repo)
+    assert stages_run(experiment.stdout) == ["evaluate", "register"]
     assert "test-time augmentation: " in (repo / "reports/evaluate/classification_report.txt").read_text()
     assert json.loads((repo / "reports/evaluate/metrics.json").read_text())["tta"]["setting"] == "flip"
     # The evaluate-only change is logged in a run of its own, nested under the training run it evaluated; the
@@ -120,6 +122,26 @@ def test_repro_runs_all_stages_then_nothing_then_only_what_changed(repo, tmp_pat
     assert "reports/evaluate/metrics.json" in diff and "tta.setting" not in diff  # numbers only
     flip = json.loads(run(["dvc", "params", "diff", "HEAD", "--json"], repo).stdout)["params.yaml"]["evaluate.tta.flip"]
     assert (flip["old"], flip["new"]) == (False, True)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    (flip_experiment,) = [exp for commit in shown for exp in commit.get("experiments") or []
+                          if exp.get("name") == "flip"]  # fmt: skip
+    (flip_data,) = [rev["data"] for rev in flip_experiment["revs"]]
+    flip_metrics = flip_data["metrics"]["reports/evaluate/metrics.json"]["data"]  # numbers, not DVC's "!"
+    assert flip_metrics["accuracy"] == pytest.approx(test_metrics["accuracy"])  # the plain model's, as before
+    assert flip_metrics["tta"]["setting"] == "flip"
+    assert flip_data["params"]["params.yaml"]["data"]["evaluate"]["tta"]["flip"] is True
+    exp_diff = json.loads(run(["dvc", "exp", "diff", "HEAD", "flip", "--json"], repo).stdout)
+    flip_change = exp_diff["params"]["params.yaml"]["evaluate.tta.flip"]
+    assert (flip_change["old"], flip_change["new"]) == (False, True)
+    assert "reports/evaluate/metrics.json" in exp_diff["metrics"]
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], repo).stdout)
+    # Every plot reads at both revisions: the confusion-matrix images are in git (they show no face), so the
+    # plots folder exists at HEAD; the grids of sample faces stay out of git and show for the workspace only.
+    assert plots.get("errors", []) == []
+    for name in ("Training loss", "Test confusion matrix", "reports/evaluate/plots/confusion_matrix.png"):
+        assert {rev for plot in plots["data"][name] for rev in plot["revisions"]} == {"HEAD", "workspace"}, name
+    assert [plot["revisions"] for plot in plots["data"]["reports/evaluate/plots/samples_correct.png"]] == [
+        ["workspace"]]  # fmt: skip
 
     # Retraining after a change: the new run is registered; it becomes champion only if it beats the margin.
     # (cv off this time: the stage reruns and writes its note, and the test spends no time on folds.)
