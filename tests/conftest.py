@@ -23,6 +23,17 @@ REAL_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "fer2013-dev.csv.gz"
 REAL_FULL = REPO_ROOT.parent / "shared" / "data" / "fer2013-train-publictest.csv.gz"
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test() -> Iterator[None]:
+    """A training in-process sets Keras' global dtype policy (train.precision: auto is mixed bfloat16 on an AMX
+    CPU), as a stage process should; the next test in the same worker starts from Keras' float32 again."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].config.set_dtype_policy("float32")
+
+
 @functools.cache
 def _synthetic(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return generate(n_images, seed, progress=False)

@@ -174,6 +174,9 @@ def stop(root: Path) -> list[str]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As the servers themselves bind: a port whose last connection is in TIME_WAIT (PostgreSQL just
+        # stopped, or just answered psql) can be listened on again; only a live listener makes it busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

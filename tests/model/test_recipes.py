@@ -21,7 +21,7 @@ import yaml
 
 from ferflow.data.synthetic import generate
 from ferflow.models.layers import RandomAffine, RandomErase
-from ferflow.models.training import fit, predict_proba, seed_everything
+from ferflow.models.training import dtype_policy, fit, predict_proba, seed_everything
 from ferflow.recipes import RECIPES, resolve
 from tests.e2e.dag import REPO_ROOT
 
@@ -49,14 +49,20 @@ def test_a_tiny_cpu_recipe_run_trains_with_the_recipes_parts(name, faces):
     assert np.isfinite(result.history[0]["loss"]) and np.isfinite(result.history[0]["val_loss"])
     augmentation = result.model.get_layer("online_augmentation")
     affine = next(layer for layer in augmentation.layers if isinstance(layer, RandomAffine))
-    erase = next(layer for layer in augmentation.layers if isinstance(layer, RandomErase))
+    erasing = [layer.probability for layer in augmentation.layers if isinstance(layer, RandomErase)]
     online = params.augment.online
     assert (affine.rotation_deg, affine.zoom, affine.width_shift) == (
         online.rotation_deg,
         online.zoom,
         online.width_shift,
     )
-    assert erase.probability == online.erasing > 0
+    assert erasing == ([online.erasing] if online.erasing else [])  # neither CPU recipe erases
+    network = result.model.get_layer("vgg")
+    first_stage = [layer.name for layer in network.layers if layer.name.startswith("stage1") and "conv" in layer.name]
+    assert len(first_stage) == params.model.first_stage_convs == RECIPES[name].values.get(
+        "model.first_stage_convs", 2)  # fmt: skip
+    assert network.get_layer("stage2_dropout").rate == params.model.block_dropout
+    assert network.get_layer("stage2a_conv").dtype_policy.name == dtype_policy("auto")  # train.precision: auto
     assert isinstance(result.model.optimizer, keras.optimizers.AdamW)
     assert result.model.loss.get_config()["label_smoothing"] == pytest.approx(params.train.label_smoothing)
     proba = predict_proba(result.model, images[is_val])
@@ -100,6 +106,7 @@ GPU_RECIPE_UNDER_JAX = textwrap.dedent("""
 """)
 
 
+@pytest.mark.backends  # with the other backend tests (`make test-backends`, run by CI), for the test command's time
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install ferflow[jax])")
 def test_the_gpu_recipe_trains_data_parallel_under_jax_in_mixed_precision_and_loads_under_tensorflow(tmp_path):
     """Two virtual JAX devices stand in for two GPUs: train.distribution auto splits each batch over both."""
