@@ -90,7 +90,8 @@ def vgg(spec: ModelSpec) -> keras.Model:
     x = inputs
     for stage in range(spec.depth):
         filters = spec.width * 2**stage
-        for conv in "ab"[: spec.first_stage_convs if stage == 0 else 2]:
+        convs = spec.first_stage_convs if stage == 0 else 2
+        for conv in "ab"[:convs]:
             x = _conv_bn_relu(x, filters, f"stage{stage + 1}{conv}")
         x = layers.MaxPooling2D(name=f"stage{stage + 1}_pool")(x)
         x = layers.Dropout(spec.block_dropout, name=f"stage{stage + 1}_dropout")(x)

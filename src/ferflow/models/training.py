@@ -155,11 +155,16 @@ def configure_precision(settings: TrainParams) -> str:
     return policy
 
 
-def compiled_model(params: Params, n_classes: int) -> keras.Model:
-    settings = params.train
-    # Set before building: layers take the global policy and distribution when they are created.
+def configure_runtime(settings: TrainParams) -> None:
+    """Keras' global dtype policy and distribution for ``train``: set before a model is built (its layers take
+    them when created) and before a run is tagged (the tags report them)."""
     configure_precision(settings)
     configure_distribution(settings)
+
+
+def compiled_model(params: Params, n_classes: int) -> keras.Model:
+    settings = params.train
+    configure_runtime(settings)
     model = with_online_augmentation(build_model(model_spec(params, n_classes)), params.augment.online)
     model.compile(
         optimizer=make_optimizer(settings),

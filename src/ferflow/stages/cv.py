@@ -62,14 +62,7 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
         return skipped
     # Imported here, not at the top: they load Keras (over 10 s on 2 cores), which a skipped cv does not need.
     from ferflow.models.architectures import check_weights
-    from ferflow.models.training import (
-        configure_distribution,
-        configure_precision,
-        fit,
-        model_spec,
-        predict_proba,
-        seed_everything,
-    )
+    from ferflow.models.training import configure_runtime, fit, model_spec, predict_proba, seed_everything
 
     train = read_npz(train_arrays)
     clean = read_npz(clean_arrays)
@@ -92,8 +85,7 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
 
     data_tags = tracking.data_tags(train, clean)
     architecture = params.model.architecture
-    configure_precision(params.train)  # before the run's tags, which report them
-    configure_distribution(params.train)
+    configure_runtime(params.train)  # before the run's tags, which report the policy and the devices
     parent_tags = {**tracking.runtime_tags(repo_root), **data_tags, "ferflow.stage": "cv",
                    "ferflow.architecture": architecture}  # fmt: skip
     fold_rows: list[dict[str, Any]] = []
