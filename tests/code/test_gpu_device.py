@@ -52,9 +52,20 @@ def test_a_damaged_part_is_refused(gpu_device, tmp_path):
     _clean(tmp_path / "clean.npz")
     gpu_device.pack(tmp_path / "clean.npz", tmp_path / "carry", parts=2)
     parts = sorted((tmp_path / "carry").glob("images.xz.*"))
-    with pytest.raises((SystemExit, lzma.LZMAError)):
-        # the parts in the wrong order: lzma's checks or the SHA-256 comparison must catch it
+    with pytest.raises(lzma.LZMAError):  # the parts in the wrong order: the xz stream's own checks catch it
         gpu_device.unpack(tmp_path / "carry" / "clean-meta.npz", tmp_path / "rebuilt.npz", parts[::-1])
+    assert not (tmp_path / "rebuilt.npz").exists()
+
+
+def test_faces_that_decode_but_differ_from_the_packed_ones_are_refused(gpu_device, tmp_path):
+    _clean(tmp_path / "clean.npz")
+    gpu_device.pack(tmp_path / "clean.npz", tmp_path / "carry", parts=2)
+    meta_file = tmp_path / "carry" / "clean-meta.npz"
+    meta = dict(np.load(meta_file))
+    np.savez(meta_file, **{**meta, "images_sha256": np.array("0" * 64)})  # as if other faces had been packed
+    parts = sorted((tmp_path / "carry").glob("images.xz.*"))
+    with pytest.raises(SystemExit, match="rebuilt faces do not match: sha256 [0-9a-f]{64}, packed 0{64}"):
+        gpu_device.unpack(meta_file, tmp_path / "rebuilt.npz", parts)
     assert not (tmp_path / "rebuilt.npz").exists()
 
 

@@ -41,9 +41,14 @@ def test_a_swept_grid_runs_two_at_a_time_into_one_store(repo):
     assert all(r.info.run_name == f"train-vgg [{name}]" for name, r in by_name.items())
     assert all("test_accuracy" in r.data.metrics and len(client.get_metric_history(r.info.run_id, "val_loss")) == 2
                for r in trained)  # fmt: skip
-    # Both registered, one after the other, into one registered model with one champion.
+    # The register stages took turns: the first registered its run as version 1; the second ranked both runs
+    # and registered its own only if it is the better by val macro-F1. Either way the challenger is the best run.
+    best = min(trained, key=lambda r: (-r.data.metrics["valid_f1_macro"], r.info.start_time))
     versions = client.search_model_versions("name = 'ferflow-fer'")
-    assert 1 <= len(versions) <= 2 and {v.run_id for v in versions} <= {r.info.run_id for r in trained}
+    first = client.get_model_version("ferflow-fer", "1")
+    assert len(versions) == (1 if first.run_id == best.info.run_id else 2)
+    assert {v.run_id for v in versions} <= {r.info.run_id for r in trained}
+    assert client.get_model_version_by_alias("ferflow-fer", "challenger").run_id == best.info.run_id
     assert client.get_model_version_by_alias("ferflow-fer", "champion").run_id in {v.run_id for v in versions}
     assert not (repo / "reports/train/run.json").exists()  # the experiments' outputs stay in their copies
 

@@ -113,14 +113,14 @@ def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in flags.split()
 
 
-def dtype_policy(precision: str) -> str:
+def dtype_policy(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The Keras dtype policy for ``train.precision``. ``auto`` is mixed bfloat16 where the hardware has it
-    (a GPU, or a CPU with AMX under TensorFlow), float32 elsewhere."""
+    (a GPU, or a CPU with AMX under TensorFlow, as ``cpuinfo`` tells), float32 elsewhere."""
     if precision != "auto":
         return precision
     from ferflow.tracking import device
 
-    if device()[0] == "GPU" or (keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16()):
+    if device()[0] == "GPU" or (keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16(cpuinfo)):
         return "mixed_bfloat16"
     return "float32"
 
