@@ -93,13 +93,19 @@ def _litert_runner(path: Path):
 RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner}
 
 
+def check_formats(formats: list[str]) -> None:
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ExportError(f"--formats: unknown {unknown}; known: {', '.join(FORMATS)}")
+    if not formats:
+        raise ExportError(f"--formats: no format named; known: {', '.join(FORMATS)}")
+
+
 def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
     """Export ``model`` (a self-contained Keras model) to ``out_dir`` in each of ``formats``; all or nothing."""
     from ferflow.models.serving import class_names_of, servable, takes_raw_faces
 
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ExportError(f"--formats: unknown {unknown}; known: {sorted(FORMATS)}")
+    check_formats(formats)
     if not takes_raw_faces(model):
         model = servable(model, class_names_of(model))  # a model saved before the contract: wrap it
     faces = _check_faces()
@@ -133,6 +139,7 @@ def export_command(model_uri: str | None, model_name: str, out_dir: Path, format
     from ferflow import tracking
     from ferflow.inference import load_model
 
+    check_formats(formats)  # before a model is loaded or anything is written or logged
     loaded = load_model(model_uri, model_name, repo_root)
     report = run(loaded.model, out_dir, formats)
     for item in report["exports"]:

@@ -69,7 +69,11 @@ def expand_sources(inputs: Iterable[str | Path]) -> list[str]:
         text = str(item)
         path = Path(text)
         if not is_url(text) and path.is_dir():
-            sources += [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            images = [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:  # an empty answer would read as "no face found", not as "wrong folder"
+                raise FerflowError(f"{path}: no image files in this folder (looked for "
+                                   f"{', '.join(sorted(IMAGE_SUFFIXES))})")  # fmt: skip
+            sources += images
         else:
             sources.append(text)
     return sources
@@ -208,13 +212,14 @@ def predict(
 
     if isinstance(inputs, str | Path):
         inputs = [inputs]
+    sources = expand_sources(inputs)  # a folder without images is an error before a model is loaded
     loaded = loaded or load_model(model, model_name, repo_root or find_repo_root())
     cascade = _cascade() if detect else None
     results: list[ImageResult] = []
     crops: list[np.ndarray] = []
     owners: list[tuple[ImageResult, tuple[int, int, int, int]]] = []
     images: dict[int, np.ndarray] = {}
-    for source in expand_sources(inputs):
+    for source in sources:
         result = ImageResult(source)
         results.append(result)
         try:

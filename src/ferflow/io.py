@@ -8,13 +8,14 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from ferflow.errors import StorageError
+from ferflow.errors import DataError, StorageError
 
 
 @contextlib.contextmanager
@@ -89,9 +90,18 @@ def write_json(path: str | Path, obj: Any) -> None:
         handle.write("\n")
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+def read_json(path: str | Path, required: tuple[str, ...] = ()) -> Any:
+    """A JSON file another stage wrote; a missing, unreadable or incomplete one is a :class:`DataError`
+    naming it (``required``: keys the top-level object must have)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as JSON ({exc}); rerun the stage that writes it") from None
+    missing = [key for key in required if not isinstance(value, dict) or key not in value]
+    if missing:
+        raise DataError(f"{path}: lacks {', '.join(missing)}; rerun the stage that writes it")
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -114,9 +124,23 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(handle, **arrays)
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+CLEAN_KEYS = ("images", "labels", "splits", "class_names")  # validate's clean.npz
+TRAIN_KEYS = ("images", "labels", "class_names")  # augment's train.npz
+
+
+def read_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` another stage wrote (never unpickling anything); a missing, unreadable or
+    incomplete archive is a :class:`DataError` naming it (``required``: arrays it must hold)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot be read as a .npz of arrays ({exc}); rerun the stage that writes it") from None
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: lacks the arrays {', '.join(missing)} (it holds {', '.join(arrays) or 'none'}); "
+                        "rerun the stage that writes it")  # fmt: skip
+    return arrays
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

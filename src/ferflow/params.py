@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ferflow.errors import ParamsError
 from ferflow.schema import EMOTIONS
@@ -32,6 +33,19 @@ CLASS_PRESETS: dict[str, tuple[str, ...]] = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Lax mode reads true/false as 1/0, so `epochs: true` would train one epoch without a word.
+        if isinstance(value, bool) and _takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("true/false is not a number here; write a number")
+        return value
+
+
+def _takes_numbers_only(annotation: Any) -> bool:
+    kinds = set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 class SyntheticParams(_Section):

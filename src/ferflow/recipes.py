@@ -166,7 +166,17 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"{assignment!r}: expected key=value, e.g. train.epochs=40")
-    return key.strip(), yaml.safe_load(text) if text.strip() else None
+    return key.strip(), yaml_value(text, assignment) if text.strip() else None
+
+
+def yaml_value(text: str, where: str) -> Any:
+    """A value written on the command line, read as YAML as DVC reads it; ParamsError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ParamsError(f"-S {where}: {text!r} is not a YAML value ({problem}); write one as DVC reads it, "
+                          "e.g. 40, 0.5, true, [1, 2] or text") from None  # fmt: skip
 
 
 def _set(document: Any, dotted: str, value: Any) -> None:

@@ -246,7 +246,14 @@ def rollback(client, name: str) -> Decision:
     if not history:
         raise RegistryError(f"registered model {name!r} has no earlier champion to roll back to")
     target = history[-1]
-    client.get_model_version(name, target)  # raises if that version was deleted
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, target)
+    except MlflowException:
+        raise RegistryError(f"cannot roll {name!r} back to version {target}, the previous champion: that version "
+                            "no longer exists (deleted); the champion is unchanged. Promote a version by hand "
+                            "(`ferflow promote`)") from None
     client.set_registered_model_alias(name, CHAMPION, target)
     _verify_alias(client, name, CHAMPION, target, restore=str(current.version) if current else None)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))

@@ -24,7 +24,7 @@ import yaml
 
 from ferflow.errors import ParamsError
 from ferflow.params import parse_params
-from ferflow.recipes import get_recipe, parse_assignment, set_arguments, with_values
+from ferflow.recipes import get_recipe, parse_assignment, set_arguments, with_values, yaml_value
 
 POLL_SECONDS = 5.0
 
@@ -59,7 +59,7 @@ def grid(axes: Sequence[str]) -> list[dict[str, Any]]:
         if not all(texts):
             raise ParamsError(f"-S {axis}: an empty value; separate values with commas, e.g. {key}=1,2")
         keys.append(key)
-        choices.append([yaml.safe_load(text) for text in texts])
+        choices.append([yaml_value(text, axis) for text in texts])
     return [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*choices)]
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferflow import paths
+from ferflow.errors import DataError
 from ferflow.io import array_digest, exclusive_lock
 
 if TYPE_CHECKING:
@@ -295,7 +296,14 @@ def tracked_run(
         if run_id is not None:
             # A finished run reopened to add to it (evaluation) stays finished if the addition fails: the
             # training itself did not fail. A run being resumed (RUNNING or FAILED before) ends FAILED.
-            if client.get_run(run_id).info.status == "FINISHED":
+            from mlflow.exceptions import MlflowException
+
+            try:
+                status = client.get_run(run_id).info.status
+            except MlflowException:
+                raise DataError(f"MLflow run {run_id} is not in the store {client.tracking_uri}: the run facts "
+                                "name a run of another store or a deleted one; rerun the train stage") from None
+            if status == "FINISHED":
                 status_on_error = "FINISHED"
             run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
         else:

@@ -129,3 +129,87 @@ def test_no_params_file_is_named_with_its_path(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["models"]) == 2
     assert f"{tmp_path / 'params.yaml'}: params file not found" in capsys.readouterr().err
+
+
+def _stage_arrays(folder, synthetic_arrays, class_names=EMOTIONS):
+    from ferflow.io import write_npz
+
+    images, labels, usages = synthetic_arrays
+    splits = np.select([usages == "Training", usages == "PublicTest"], ["train", "val"], "test")
+    write_npz(folder / "clean.npz", images=images, labels=labels, splits=splits, class_names=np.array(EMOTIONS))
+    keep = labels < len(class_names)
+    write_npz(folder / "train.npz", images=images[keep], labels=labels[keep], class_names=np.array(class_names))
+
+
+def test_training_arrays_of_another_class_set_fail_before_a_run_starts(tmp_path, capsys, monkeypatch,
+                                                                         synthetic_arrays):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    _stage_arrays(tmp_path, synthetic_arrays, class_names=EMOTIONS[:2])
+    (tmp_path / "params.yaml").write_text("{}\n")
+    code = main(["--params", "params.yaml", "train", "--train-arrays", "train.npz", "--clean", "clean.npz"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "train.npz holds classes ['angry', 'disgust'], but clean.npz holds ['angry', 'disgust', 'fear'" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"not a zip", "train.npz: cannot be read as a .npz of arrays"),
+    (None, "train.npz: lacks the arrays labels, class_names (it holds images)"),
+])  # fmt: skip
+def test_a_broken_arrays_file_is_named_without_a_traceback(tmp_path, capsys, monkeypatch, synthetic_arrays,
+                                                            content, message):  # fmt: skip
+    from ferflow.io import write_npz
+
+    monkeypatch.chdir(tmp_path)
+    _stage_arrays(tmp_path, synthetic_arrays)
+    if content is None:
+        write_npz(tmp_path / "train.npz", images=np.zeros((1, 48, 48), np.uint8))
+    else:
+        (tmp_path / "train.npz").write_bytes(content)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    code = main(["--params", "params.yaml", "train", "--train-arrays", "train.npz", "--clean", "clean.npz"])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()
+
+
+def test_evaluate_names_a_file_that_is_not_a_model(tmp_path, capsys, monkeypatch, synthetic_arrays):
+    from ferflow.io import array_digest, read_npz
+    from ferflow.run_info import RunInfo
+
+    monkeypatch.chdir(tmp_path)
+    _stage_arrays(tmp_path, synthetic_arrays)
+    clean = read_npz(tmp_path / "clean.npz")
+    is_test = clean["splits"] == "test"
+    RunInfo(
+        run_id="r", experiment_id="0", model_uri="models:/m", architecture="cnn", class_names=list(EMOTIONS),
+        data_hash="d", train_data_hash="t", test_hash=array_digest(clean["images"][is_test], clean["labels"][is_test]),
+        resumed=False, best_epoch=0, epochs_run=1, train_seconds=1.0, best={}, keras_backend="tensorflow",
+        device_type="CPU", device_name="cpu", data_parallel_devices=1, git_commit="c",
+    ).write(tmp_path / "run.json")  # fmt: skip
+    (tmp_path / "model.keras").write_bytes(b"\xff\xd8\xff a JPEG, not a model")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    code = main(["--params", "params.yaml", "evaluate", "--model", "model.keras", "--clean", "clean.npz",
+                 "--run-info", "run.json", "--metrics", "metrics.json"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "model.keras: not a model ferflow can load safely" in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "notes.txt").write_text("no image here")
+    assert main(["predict", str(tmp_path / "faces"), "--model", str(tmp_path / "unused.keras")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'faces'}: no image files in this folder" in err and "Traceback" not in err
+
+
+def test_a_url_that_does_not_parse_is_named(tmp_path, capsys):
+    assert main(["predict", "http://[::1", "--model", str(tmp_path / "unused.keras")]) == 1
+    assert "http://[::1: not a valid URL (Invalid IPv6 URL)" in capsys.readouterr().err
+
+
+def test_export_with_no_format_is_refused(tmp_path, capsys):
+    assert main(["export", "--formats", ",", "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "o")]) != 0
+    assert "--formats: no format named; known: onnx, litert" in capsys.readouterr().err

@@ -89,3 +89,26 @@ def test_an_output_folder_that_cannot_be_written_fails_clearly_and_keeps_the_pre
     assert f"ferflow subsample: error: cannot write {out / 'subsample.csv'}: {reason}" in result.stderr
     assert "the previous file is unchanged" in result.stderr and "Traceback" not in result.stderr
     assert "previous outputs intact" in result.stdout, result.stdout  # diff -r: no change, no temporary file
+
+
+def test_readers_name_a_missing_broken_or_incomplete_file(tmp_path):
+    from ferflow.errors import DataError
+    from ferflow.io import read_json
+
+    with pytest.raises(DataError, match=r"absent\.npz: cannot be read as a \.npz of arrays"):
+        read_npz(tmp_path / "absent.npz")
+    (tmp_path / "text.npz").write_text("images,labels\n")
+    with pytest.raises(DataError, match=r"text\.npz: cannot be read as a \.npz of arrays"):
+        read_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "pickled.npz", rows=np.array([{"a": 1}], dtype=object))  # loading would unpickle
+    with pytest.raises(DataError, match=r"pickled\.npz: cannot be read .*allow_pickle"):
+        read_npz(tmp_path / "pickled.npz")
+    write_npz(tmp_path / "partial.npz", images=np.zeros(2))
+    with pytest.raises(DataError, match=r"partial\.npz: lacks the arrays labels \(it holds images\)"):
+        read_npz(tmp_path / "partial.npz", ("images", "labels"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"bad\.json: cannot be read as JSON"):
+        read_json(tmp_path / "bad.json")
+    write_json(tmp_path / "empty.json", {})
+    with pytest.raises(DataError, match=r"empty\.json: lacks class_names"):
+        read_json(tmp_path / "empty.json", ("class_names",))

@@ -91,7 +91,18 @@ def test_model_spec_defaults_are_the_params_defaults():
     from ferflow.models.architectures import ModelSpec
 
     spec, model = ModelSpec(), Params().model
-    for field in fields(ModelSpec):
-        if hasattr(model, field.name):
-            expected = None if field.name == "weights" else getattr(model, field.name)  # "none" -> None
-            assert getattr(spec, field.name) == expected, field.name
+    shared = [field.name for field in fields(ModelSpec) if hasattr(model, field.name)]
+    # every knob of the network is a model param (n_classes comes from the data)
+    assert sorted(shared) == sorted(field.name for field in fields(ModelSpec) if field.name != "n_classes")
+    for name in shared:
+        expected = None if name == "weights" else getattr(model, name)  # "none" -> None
+        assert getattr(spec, name) == expected, name
+
+
+def test_a_boolean_where_a_number_goes_is_refused_not_read_as_one():
+    with pytest.raises(ParamsError) as raised:
+        parse_params({"train": {"epochs": True, "seed": False}, "model": {"dropout": True}})
+    message = str(raised.value)
+    for key in ("train.epochs", "train.seed", "model.dropout"):
+        assert f"{key}: true/false is not a number here" in message
+    assert parse_params({"train": {"class_weighting": True}}).train.class_weighting is True  # booleans stay booleans

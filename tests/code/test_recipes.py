@@ -60,6 +60,10 @@ def test_a_bad_override_is_refused_before_anything_is_written(tmp_path, capsys):
     assert "train.epochs" in capsys.readouterr().err
     assert main(["--params", str(params_file), "recipe", "show", "no-such-recipe"]) == 2
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+    for value in ("[1", "!!python/name:os.system"):  # not YAML, or YAML that would run code: refused, not raised
+        assert main(["--params", str(params_file), "recipe", "apply", "cpu-fast", "-S", f"train.epochs={value}"]) == 2
+        err = capsys.readouterr().err
+        assert f"-S train.epochs={value}: {value!r} is not a YAML value" in err and "Traceback" not in err
     assert params_file.read_text() == before
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from ferflow import registry, tracking
 from ferflow.cli import main
+from ferflow.errors import DataError
 from ferflow.io import write_npz
 from ferflow.params import parse_params
 from ferflow.run_info import RunInfo
@@ -353,3 +354,32 @@ def test_a_card_too_long_for_mlflow_keeps_whole_sections_and_says_where_the_rest
     assert "## Section 5" not in description
     assert description.endswith("(The whole card is the `model_card.md` artifact of run r1.)")
     assert register.version_description("# short card", "r1") == "# short card"
+
+
+@pytest.mark.parametrize("damage", ["missing", "not an archive", "no test faces' arrays"])
+def test_a_bad_clean_file_fails_register_before_the_registry_changes(repo, make_run, damage):
+    make_run(0.7)
+    clean = repo / "clean.npz"
+    if damage == "missing":
+        clean.unlink()
+    elif damage == "not an archive":
+        clean.write_text("images,labels\n")
+    else:
+        write_npz(clean, images=np.zeros((2, 48, 48), np.uint8))
+    with pytest.raises(DataError, match=r"clean\.npz: (cannot be read|lacks the arrays labels, splits, class_names)"):
+        run_register(repo)
+    assert client_for(repo).search_registered_models() == []  # nothing registered, no alias set
+    assert not (repo / "registration.json").exists() and not (repo / "model_card.md").exists()
+
+
+def test_rollback_to_a_deleted_version_says_so_and_keeps_the_champion(repo, make_run, capsys):
+    write_faces(repo, {0: predictions(150), 1: predictions(350)})
+    for reads, f1 in enumerate((0.6, 0.8)):
+        make_run(f1, reads=reads)
+        run_register(repo)
+    assert aliases(repo)["champion"] == "2"
+    client_for(repo).delete_model_version("ferflow-fer", "1")
+    assert main(["promote", "--rollback"]) == 1
+    assert "cannot roll 'ferflow-fer' back to version 1, the previous champion: that version no longer exists" in (
+        capsys.readouterr().err)  # fmt: skip
+    assert aliases(repo)["champion"] == "2"

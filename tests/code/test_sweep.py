@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ferflow.errors import ParamsError
@@ -24,11 +26,12 @@ def test_grid_is_every_combination_with_values_read_as_yaml():
     (["train.epochs=1,,2"], "an empty value"),
     (["train.epochs=1", "train.epochs=2"], "train.epochs is swept twice"),
     (["train.epochs"], "expected key=value"),
+    (["train.epochs=[1,2"], "-S train.epochs=[1,2: '[1,2' is not a YAML value"),
 ])  # fmt: skip
 def test_a_bad_point_stops_the_sweep_before_anything_is_queued(tmp_path, axes, message):
     params = tmp_path / "params.yaml"
     params.write_text((REPO_ROOT / "params.yaml").read_text())
     # tmp_path is not a DVC repository: had the sweep reached DVC, DVC's own error would be raised instead.
-    with pytest.raises(ParamsError, match=message.replace("(", r"\(")):
+    with pytest.raises(ParamsError, match=re.escape(message)):
         sweep_command(params, tmp_path, axes, jobs=2)
     assert not (tmp_path / ".dvc").exists()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ferflow.data.sources import acquire
 from ferflow.data.table import decode_pixels, read_table
-from ferflow.errors import DataError
+from ferflow.errors import DataError, StorageError
 from ferflow.io import sha256_file
 from ferflow.params import parse_params
 from ferflow.schema import EMOTIONS
@@ -98,10 +98,17 @@ def test_image_folders_and_zip(tmp_path, synthetic_arrays):
     facts = run_download(tmp_path, source=str(tree))
     assert facts["kind"] == "image_folder" and facts["rows"] == 61
     table = read_table(tmp_path / "raw" / "fer2013.csv")
-    assert set(table["Usage"]) == set(usages)
-    # JPEG is lossy: same faces up to compression noise, in file order (sorted names).
-    decoded = decode_pixels(table["pixels"])
-    assert decoded.shape == (61, 48, 48)
+    # Rows come in sorted path order; the files are named by their index in the arrays.
+    files = sorted(p for p in tree.rglob("*") if p.suffix in {".jpg", ".png"})
+    colour = files.index(tree / "train" / "happy" / "big_colour.png")
+    faces = [int(file.stem) for file in files if file.suffix == ".jpg"]
+    jpeg_rows = table.drop(index=table.index[colour])
+    # JPEG is lossy: the same faces, labels and splits up to compression noise.
+    assert_same_faces(jpeg_rows, images[faces], labels[faces], usages[faces], tolerance=16)
+    assert np.abs(decode_pixels(jpeg_rows["pixels"]).astype(int) - images[faces].astype(int)).mean() < 3
+    # The colour image: 48x48 grey of its one colour (ITU-R 601 luma of (200, 10, 10) = 66).
+    grey = decode_pixels(table["pixels"].iloc[[colour]])[0]
+    assert table["emotion"].iloc[colour] in ("3", 3) and abs(int(grey.mean()) - 66) <= 1 and grey.std() < 1
 
     archive = tmp_path / "faces.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -109,8 +116,8 @@ def test_image_folders_and_zip(tmp_path, synthetic_arrays):
             zf.write(file, arcname=f"fer_images/{file.relative_to(tree).as_posix()}")
     facts = run_download(tmp_path, source=str(archive))
     assert facts["kind"] == "image_zip" and facts["rows"] == 60
-    by_label = read_table(tmp_path / "raw" / "fer2013.csv")["emotion"].astype(int)
-    assert np.bincount(by_label, minlength=7).tolist() == np.bincount(labels, minlength=7).tolist()
+    assert_same_faces(read_table(tmp_path / "raw" / "fer2013.csv"), images[faces], labels[faces], usages[faces],
+                      tolerance=16)  # fmt: skip
 
 
 def test_url_download_is_verified_cached_and_atomic(tmp_path, http_server, synthetic_table):
@@ -418,3 +425,21 @@ def test_unknown_emotion_folders_links_out_and_empty_folders_are_refused(tmp_pat
     empty.mkdir(parents=True)
     with pytest.raises(DataError, match="no images found in the <split>/<emotion>/<image> layout"):
         run_download(tmp_path, source=str(tmp_path / "empty"))
+
+
+def test_a_manifest_that_cannot_be_written_leaves_the_old_table(tmp_path):
+    run_download(tmp_path, synthetic={"n_images": 150, "seed": 3})
+    table = tmp_path / "raw" / "fer2013.csv"
+    before = table.read_bytes()
+    manifest = tmp_path / "raw" / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()  # a folder where the manifest goes: its write fails
+    with pytest.raises(StorageError, match="manifest.json"):
+        run_download(tmp_path, synthetic={"n_images": 120, "seed": 4})
+    assert table.read_bytes() == before  # not the new table without its manifest
+    assert sorted(p.name for p in table.parent.iterdir()) == ["fer2013.csv", "manifest.json"]  # no staged files
+
+
+def test_a_url_that_does_not_parse_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"http://\[::1: not a valid URL"):
+        run_download(tmp_path, source="http://[::1")

@@ -19,7 +19,11 @@ MAX_BYTES = 4 << 30  # FER-2013 is 300 MB; anything past 4 GiB is not a face dat
 
 
 def is_url(source: str) -> bool:
-    return urlparse(source).scheme in ("http", "https")
+    """Whether ``source`` is an http(s) URL; one that starts like a URL but does not parse is a DataError."""
+    try:
+        return urlparse(source).scheme in ("http", "https")
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 address
+        raise DataError(f"{source}: not a valid URL ({exc})") from None
 
 
 def cache_name(url: str) -> str:

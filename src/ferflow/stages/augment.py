@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ferflow.data.augmentation import random_affine
-from ferflow.io import read_npz, write_json, write_npz
+from ferflow.io import CLEAN_KEYS, read_npz, write_json, write_npz
 from ferflow.params import AugmentParams, OversampleParams
 from ferflow.plots import class_count_bars, image_grid, save_figure
 
@@ -64,7 +64,7 @@ def run(
     preview: Path,
     class_counts_plot: Path,
 ) -> dict[str, Any]:
-    data = read_npz(clean_arrays)
+    data = read_npz(clean_arrays, CLEAN_KEYS)
     class_names = [str(name) for name in data["class_names"]]
     is_train = data["splits"] == "train"
     images, labels = data["images"][is_train], data["labels"][is_train]

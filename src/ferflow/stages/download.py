@@ -13,7 +13,7 @@ from typing import Any
 from ferflow import __version__
 from ferflow.data.sources import acquire
 from ferflow.data.table import write_table
-from ferflow.io import sha256_file, write_json
+from ferflow.io import atomic_path, sha256_file, write_json
 from ferflow.params import DataParams
 
 
@@ -33,18 +33,20 @@ def _counts(table) -> dict[str, Any]:
 def run(params: DataParams, raw_table: Path, manifest: Path, cache_dir: Path, progress: bool = True) -> dict:
     """Acquire the data named by ``params.source``; write ``raw_table`` and ``manifest``. Returns the manifest."""
     acquired = acquire(params, cache_dir=cache_dir, progress=progress)
-    write_table(acquired.table, raw_table)
-    facts = {
-        "source": acquired.source,
-        "kind": acquired.kind,
-        "source_sha256": acquired.source_sha256,
-        "table": str(raw_table),
-        "table_sha256": sha256_file(raw_table),
-        **_counts(acquired.table),
-        **acquired.notes,
-        "ferflow_version": __version__,
-    }
-    write_json(manifest, facts)
+    # The table moves into place only once its manifest is written: a failure in between leaves the old pair.
+    with atomic_path(raw_table) as staged_table:
+        write_table(acquired.table, staged_table)
+        facts = {
+            "source": acquired.source,
+            "kind": acquired.kind,
+            "source_sha256": acquired.source_sha256,
+            "table": str(raw_table),
+            "table_sha256": sha256_file(staged_table),
+            **_counts(acquired.table),
+            **acquired.notes,
+            "ferflow_version": __version__,
+        }
+        write_json(manifest, facts)
     usage = ", ".join(f"{k} {v}" for k, v in facts["by_usage"].items())
     print(f"download: {facts['rows']} rows from {acquired.kind} source ({usage}) -> {raw_table}")
     return facts

@@ -22,7 +22,7 @@ import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
-from ferflow.io import array_digest, atomic_open, read_npz, write_json
+from ferflow.io import CLEAN_KEYS, array_digest, atomic_open, read_npz, write_json
 from ferflow.models.evaluation import (
     classification_metrics,
     confusion,
@@ -109,7 +109,7 @@ def run(
     from ferflow.models.serving import face_model_problem
 
     facts = RunInfo.read(run_info)
-    clean = read_npz(clean_arrays)
+    clean = read_npz(clean_arrays, CLEAN_KEYS)
     class_names = [str(name) for name in clean["class_names"]]
     if class_names != facts.class_names:
         raise DataError(f"{model_path} was trained on classes {facts.class_names}, but {clean_arrays} has "
@@ -124,7 +124,12 @@ def run(
                         f"beside ({facts.test_hash}); rerun the train stage")  # fmt: skip
     val_images, val_labels = clean["images"][is_val], clean["labels"][is_val]
 
-    model = load_keras_model(model_path)
+    try:
+        model = load_keras_model(model_path)  # safe mode: a Lambda or other code in the file is refused
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+        raise DataError(f"{model_path}: not a model ferflow can load safely ({reason}); rerun the train "
+                        "stage") from None  # fmt: skip
     problem = face_model_problem(model, len(class_names))
     if problem:
         raise DataError(f"{model_path}: {problem} ({clean_arrays}: {', '.join(class_names)}); rerun the train stage")

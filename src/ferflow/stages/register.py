@@ -31,9 +31,9 @@ def test_faces(name: str, clean_arrays: Path):
     """(predict, labels, faces_hash): ``predict(version)`` gives a registered version's predicted labels on the
     test split of ``clean_arrays``, as served (no test-time augmentation), so that the gate compares two
     versions on the very same faces; ``faces_hash`` identifies that split (the runs' ``test_hash``)."""
-    from ferflow.io import array_digest, read_npz
+    from ferflow.io import CLEAN_KEYS, array_digest, read_npz
 
-    clean = read_npz(clean_arrays)
+    clean = read_npz(clean_arrays, CLEAN_KEYS)
     is_test = clean["splits"] == "test"
     images = clean["images"][is_test]
 
@@ -74,13 +74,14 @@ def _register(
             f"{facts.device_type}"
         )
     best = registry.best_run(runs, settings.metric)
+    # The test split is read before the registry changes: a missing or broken file then changes nothing.
+    predict, labels, faces_hash = test_faces(settings.model_name, clean_arrays)
     version, created = registry.register_run(client, settings.model_name, best, METRICS)
     client.set_model_version_tag(settings.model_name, version.version, "ranked_by", settings.metric)
     client.set_registered_model_alias(settings.model_name, registry.CHALLENGER, version.version)
 
     decision = None
     if settings.auto_promote:
-        predict, labels, faces_hash = test_faces(settings.model_name, clean_arrays)
         decision = registry.promote(client, settings.model_name, settings.gate, predict, labels, faces_hash)
     write_model_card(client, settings.model_name, version.version, best, experiment.experiment_id, card_out)
     champion = registry.alias_version(client, settings.model_name, registry.CHAMPION)

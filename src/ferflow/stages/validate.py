@@ -135,7 +135,7 @@ def run(
 ) -> dict[str, Any]:
     """Validate the subsample; write the clean arrays, quarantine, GX result, summary and metrics."""
     table = _read_subsample(subsample_table)
-    class_names = list(read_json(subsample_summary)["class_names"])
+    class_names = list(read_json(subsample_summary, ("class_names",))["class_names"])
     report = check_table(
         table,
         class_names,
