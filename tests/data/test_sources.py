@@ -143,6 +143,10 @@ def test_url_errors_leave_nothing_behind(tmp_path, http_server, synthetic_table)
         run_download(tmp_path, source="http://127.0.0.1:9/fer2013.csv")  # nothing listens on port 9
     with pytest.raises(DataError, match=r"download (interrupted after|incomplete: got) \d+"):
         run_download(tmp_path, source=http_server.url("broken/fer2013.csv"))
+    # Served whole but not FER data: named by its URL and not kept, so the next run downloads it again.
+    (http_server.root / "header-only.csv").write_text("emotion,pixels,Usage\n")
+    with pytest.raises(DataError, match=r"/header-only\.csv: what it serves is not usable FER data"):
+        run_download(tmp_path, source=http_server.url("header-only.csv"))
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "cache").iterdir()) == []
 

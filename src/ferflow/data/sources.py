@@ -138,7 +138,13 @@ def acquire(params: DataParams, cache_dir: Path, progress: bool = True) -> Acqui
         return acquired
     if http.is_url(source):
         path = http.download(source, cache_dir, sha256=params.sha256, progress=progress)
-        acquired = read_local(path, params.on_bad_image)
+        try:
+            acquired = read_local(path, params.on_bad_image)
+        except DataError as exc:
+            # A cached file that is not FER data would be reused by the next run (same size): it goes.
+            path.unlink(missing_ok=True)
+            raise DataError(f"{source}: what it serves is not usable FER data, so the download ({path}) was "
+                            f"discarded: {exc}") from None  # fmt: skip
         acquired.source = source
         acquired.notes["downloaded_to"] = str(path)
         return acquired
