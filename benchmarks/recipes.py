@@ -15,7 +15,9 @@ run's test split (which chose nothing: epochs and TTA are chosen on val), it pri
   (the same network, optimiser and batches without augmentation, metrics, validation or logging), and
   the share of training time spent outside the model;
 - ``ferflow.predict`` on ``--photos`` photos (test faces pasted into larger noisy frames, JPEG): faces/s
-  end to end with face detection, against classifying the same faces as ready-made 48x48 crops.
+  end to end with face detection, against classifying the same faces as ready-made 48x48 crops;
+- at the end, every recipe's model (and `fer`) on the largest test split among the runs on the same source:
+  a subsampled recipe's own test split is a tenth of the file's, too few faces for a figure to a point.
 
     .venv/bin/python benchmarks/recipes.py                        # cpu-fast and cpu-full (about 50 min)
     .venv/bin/python benchmarks/recipes.py --recipes cpu-fast --keep /tmp/recipes
