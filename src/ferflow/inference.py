@@ -20,7 +20,7 @@ import numpy as np
 
 from ferflow.data.http import is_url
 from ferflow.data.images import decode_grey, fer_resize
-from ferflow.errors import FerflowError
+from ferflow.errors import DataError, FerflowError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm"}
 MAX_PHOTO_BYTES = 64 << 20  # a photo larger than this is a mistake or an attack, not a face
@@ -169,9 +169,8 @@ def load_model(model: str | None, model_name: str, repo_root: Path) -> LoadedMod
             raise ModelNotFound(f"--model {uri}: no such file")
         try:
             loaded = load_keras_model(path)  # safe mode: a Lambda or other code in the file is refused, not run
-        except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
-            raise ModelNotFound(f"--model {uri}: not a model ferflow can load safely: {reason}") from None
+        except DataError as exc:
+            raise ModelNotFound(f"--model {uri}: {str(exc).removeprefix(f'{path}: ')}") from None
         _check_face_input(loaded, str(path))
         return LoadedModel(loaded, class_names_of(loaded), str(path))
     name, _, ref = uri.removeprefix("models:/").partition("@")

@@ -194,5 +194,12 @@ class ClassNames(keras.layers.Layer):
 def load_keras_model(path: str | Path) -> keras.Model:
     """A saved ferflow model (``.keras``). Every loader goes through here: importing this module is what
     registers ferflow's layers with Keras (a saved model holds its augmentation layers), and safe mode
-    refuses ``Lambda`` layers and other arbitrary code."""
-    return keras.models.load_model(path, safe_mode=True)
+    refuses ``Lambda`` layers and other arbitrary code. A file that is not such a model is a DataError naming it."""
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
+        # imported here: a logged model ships this module without ferflow.errors (models/serving.py)
+        from ferflow.errors import DataError
+
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+        raise DataError(f"{path}: not a model ferflow can load safely: {reason}") from None

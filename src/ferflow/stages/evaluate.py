@@ -124,12 +124,7 @@ def run(
                         f"beside ({facts.test_hash}); rerun the train stage")  # fmt: skip
     val_images, val_labels = clean["images"][is_val], clean["labels"][is_val]
 
-    try:
-        model = load_keras_model(model_path)  # safe mode: a Lambda or other code in the file is refused
-    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
-        raise DataError(f"{model_path}: not a model ferflow can load safely ({reason}); rerun the train "
-                        "stage") from None  # fmt: skip
+    model = load_keras_model(model_path)  # a file that is not a safe model is a DataError naming it
     problem = face_model_problem(model, len(class_names))
     if problem:
         raise DataError(f"{model_path}: {problem} ({clean_arrays}: {', '.join(class_names)}); rerun the train stage")
