@@ -262,6 +262,13 @@ class RegisterParams(_Section):
 class MlflowParams(_Section):
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "ferflow"
 
+    @field_validator("experiment")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        if not value.strip():  # MLflow would file the runs under a name nobody can read or type
+            raise ValueError("a blank experiment name; write one, e.g. ferflow")
+        return value
+
 
 class Params(_Section):
     data: DataParams = DataParams()

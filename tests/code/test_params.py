@@ -106,3 +106,9 @@ def test_a_boolean_where_a_number_goes_is_refused_not_read_as_one():
     for key in ("train.epochs", "train.seed", "model.dropout"):
         assert f"{key}: true/false is not a number here" in message
     assert parse_params({"train": {"class_weighting": True}}).train.class_weighting is True  # booleans stay booleans
+
+
+def test_a_blank_experiment_name_is_refused():
+    with pytest.raises(ParamsError, match="mlflow.experiment: a blank experiment name"):
+        parse_params({"mlflow": {"experiment": "   "}})
+    assert parse_params({"mlflow": {"experiment": "fer 2013"}}).mlflow.experiment == "fer 2013"
