@@ -279,6 +279,17 @@ def training_params(params: Params) -> dict[str, Any]:
     return {key: value for key, value in dumped.items() if key not in {"evaluate", "cv", "register"}}
 
 
+def existing_run(client, run_id: str) -> Any:
+    """The run ``run_id`` of the store; a DataError naming the store if it holds no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise DataError(f"MLflow run {run_id} is not in the store {client.tracking_uri}: the run facts name a "
+                        "run of another store or a deleted one; rerun the train stage") from None
+
+
 @contextlib.contextmanager
 def tracked_run(
     repo_root: Path, experiment: str = "ferflow", run_name: str | None = None,
@@ -296,14 +307,7 @@ def tracked_run(
         if run_id is not None:
             # A finished run reopened to add to it (evaluation) stays finished if the addition fails: the
             # training itself did not fail. A run being resumed (RUNNING or FAILED before) ends FAILED.
-            from mlflow.exceptions import MlflowException
-
-            try:
-                status = client.get_run(run_id).info.status
-            except MlflowException:
-                raise DataError(f"MLflow run {run_id} is not in the store {client.tracking_uri}: the run facts "
-                                "name a run of another store or a deleted one; rerun the train stage") from None
-            if status == "FINISHED":
+            if existing_run(client, run_id).info.status == "FINISHED":
                 status_on_error = "FINISHED"
             run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}))
         else:

@@ -174,27 +174,50 @@ def test_a_broken_arrays_file_is_named_without_a_traceback(tmp_path, capsys, mon
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "models").exists()
 
 
-def test_evaluate_names_a_file_that_is_not_a_model(tmp_path, capsys, monkeypatch, synthetic_arrays):
+def _evaluate_inputs(folder, synthetic_arrays, run_id: str) -> None:
     from ferflow.io import array_digest, read_npz
     from ferflow.run_info import RunInfo
 
-    monkeypatch.chdir(tmp_path)
-    _stage_arrays(tmp_path, synthetic_arrays)
-    clean = read_npz(tmp_path / "clean.npz")
+    _stage_arrays(folder, synthetic_arrays)
+    clean = read_npz(folder / "clean.npz")
     is_test = clean["splits"] == "test"
     RunInfo(
-        run_id="r", experiment_id="0", model_uri="models:/m", architecture="cnn", class_names=list(EMOTIONS),
+        run_id=run_id, experiment_id="0", model_uri="models:/m", architecture="cnn", class_names=list(EMOTIONS),
         data_hash="d", train_data_hash="t", test_hash=array_digest(clean["images"][is_test], clean["labels"][is_test]),
         resumed=False, best_epoch=0, epochs_run=1, train_seconds=1.0, best={}, keras_backend="tensorflow",
         device_type="CPU", device_name="cpu", data_parallel_devices=1, git_commit="c",
-    ).write(tmp_path / "run.json")  # fmt: skip
+    ).write(folder / "run.json")  # fmt: skip
+    (folder / "params.yaml").write_text("{}\n")
+
+
+EVALUATE = ["--params", "params.yaml", "evaluate", "--model", "model.keras", "--clean", "clean.npz",
+            "--run-info", "run.json", "--metrics", "metrics.json"]  # fmt: skip
+
+
+def test_evaluate_names_a_file_that_is_not_a_model(tmp_path, capsys, monkeypatch, synthetic_arrays):
+    monkeypatch.chdir(tmp_path)
+    _evaluate_inputs(tmp_path, synthetic_arrays, run_id="r")
     (tmp_path / "model.keras").write_bytes(b"\xff\xd8\xff a JPEG, not a model")
-    (tmp_path / "params.yaml").write_text("{}\n")
-    code = main(["--params", "params.yaml", "evaluate", "--model", "model.keras", "--clean", "clean.npz",
-                 "--run-info", "run.json", "--metrics", "metrics.json"])  # fmt: skip
+    code = main(EVALUATE)
     err = capsys.readouterr().err
     assert code == 1 and "model.keras: not a model ferflow can load safely" in err and "Traceback" not in err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_evaluate_of_a_run_the_store_does_not_hold_fails_before_scoring(tmp_path, capsys, monkeypatch,
+                                                                        synthetic_arrays):  # fmt: skip
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    _evaluate_inputs(tmp_path, synthetic_arrays, run_id="0123abcd")
+    faces = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    faces.save(tmp_path / "model.keras")
+    code = main(EVALUATE)
+    err = capsys.readouterr().err
+    assert code == 1 and "MLflow run 0123abcd is not in the store sqlite:///" in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "reports").exists()
 
 
 def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys):

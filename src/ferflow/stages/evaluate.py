@@ -81,7 +81,7 @@ def _where_to_log(params: EvaluateParams, facts: RunInfo, repo_root: Path) -> di
     experiment's figures and artifacts are never rewritten. The plain model's val and test metrics, which
     register ranks on, do not depend on these settings; the training run keeps the first ones."""
     with tracking.store(repo_root) as client:
-        trained = client.get_run(facts.run_id)
+        trained = tracking.existing_run(client, facts.run_id)
         experiment = client.get_experiment(trained.info.experiment_id).name
     earlier = trained.data.tags.get("ferflow.evaluate.settings")
     if trained.data.tags.get("ferflow.evaluated") != "true" or earlier == _settings_digest(params):
@@ -128,6 +128,7 @@ def run(
     problem = face_model_problem(model, len(class_names))
     if problem:
         raise DataError(f"{model_path}: {problem} ({clean_arrays}: {', '.join(class_names)}); rerun the train stage")
+    where = _where_to_log(params, facts, repo_root)  # a run missing from the store fails here, before scoring
     proba = predict_with_tta(model, images)
     scores = classification_metrics(labels, proba, class_names)
     val_scores = classification_metrics(val_labels, predict_with_tta(model, val_images), class_names)
@@ -153,7 +154,7 @@ def run(
     }  # fmt: skip
     report = _report_text(scores, tta_facts["verdict"])
 
-    with tracking.tracked_run(repo_root, **_where_to_log(params, facts, repo_root)) as active:
+    with tracking.tracked_run(repo_root, **where) as active:
         tracking.log_dataset(images, labels, "test", clean_arrays, "testing")
         mlflow.log_metrics(flat_metrics(scores, prefix="test_"))
         mlflow.log_metrics(flat_metrics(val_scores, prefix="valid_"))
