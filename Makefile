@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-backends test-parallel ui lint lock clean
+.PHONY: help setup repro test test-backends test-parallel test-real ui lint lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test-backends: $(VENV)/.torch  ## set up (adds PyTorch's CPU build), then run th
 
 test-parallel: $(STAMP)  ## set up, then run a swept grid of DVC experiments two at a time into one MLflow store
 	$(RUN) pytest -m parallel -p no:xdist
+
+test-real: $(STAMP)  ## set up, then run the DAG on the real FER-2013 files in ../shared/data (skipped if absent)
+	$(RUN) pytest -m real_data -p no:xdist
 
 ui: $(STAMP)  ## MLflow UI on the project's store, at http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
