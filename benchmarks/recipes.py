@@ -225,7 +225,8 @@ def on_full_test(works: dict[str, Path], fer_file: Path) -> None:
     from ferflow.models.layers import load_keras_model
     from ferflow.params import load_params
 
-    sources = {name: load_params(work / "params.yaml").data.source for name, work in works.items()}
+    params = {name: load_params(work / "params.yaml") for name, work in works.items()}
+    sources = {name: params[name].data.source for name in works}
     tests = {}
     for name, work in works.items():
         clean = read_npz(work / "data/processed/clean.npz")
@@ -249,7 +250,7 @@ def on_full_test(works: dict[str, Path], fer_file: Path) -> None:
         model = load_keras_model(work / "models/model.keras")
         plain = predict_with_tta(model, faces[unseen])
         tta = json.loads((work / "reports/evaluate/metrics.json").read_text()).get("tta", {})
-        tta_params = load_params(work / "params.yaml").evaluate.tta
+        tta_params = params[name].evaluate.tta
         chosen = plain
         if tta.get("used"):
             chosen = predict_with_tta(model, faces[unseen], tta_params.flip, tta_params.crops,

@@ -143,6 +143,22 @@ def read_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.n
     return arrays
 
 
+def read_training_arrays(train_arrays: Path, clean_arrays: Path) -> tuple[dict, dict, list[str]]:
+    """(train, clean, class names): augment's training arrays and validate's clean arrays, as the train and cv
+    stages read them, checked to be of one run: the same class names, and labels within them."""
+    train, clean = read_npz(train_arrays, TRAIN_KEYS), read_npz(clean_arrays, CLEAN_KEYS)
+    class_names = [str(name) for name in train["class_names"]]
+    clean_names = [str(name) for name in clean["class_names"]]
+    if clean_names != class_names:
+        raise DataError(f"{train_arrays} holds classes {class_names}, but {clean_arrays} holds {clean_names}: "
+                        "they come from different runs; rerun the augment stage")  # fmt: skip
+    for path, labels in ((train_arrays, train["labels"]), (clean_arrays, clean["labels"])):
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DataError(f"{path}: labels {labels.min()}..{labels.max()} outside the {len(class_names)} classes "
+                            f"0..{len(class_names) - 1}; rerun the stage that writes it")  # fmt: skip
+    return train, clean, class_names
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

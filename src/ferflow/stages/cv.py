@@ -19,7 +19,7 @@ import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError, ParamsError
-from ferflow.io import CLEAN_KEYS, TRAIN_KEYS, read_npz, write_json
+from ferflow.io import read_training_arrays, write_json
 from ferflow.models.evaluation import classification_metrics, flat_metrics
 from ferflow.params import Params
 
@@ -64,9 +64,7 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
     from ferflow.models.architectures import check_weights
     from ferflow.models.training import configure_runtime, fit, model_spec, predict_proba, seed_everything
 
-    train = read_npz(train_arrays, TRAIN_KEYS)
-    clean = read_npz(clean_arrays, CLEAN_KEYS)
-    class_names = [str(name) for name in train["class_names"]]
+    train, clean, class_names = read_training_arrays(train_arrays, clean_arrays)
     n_classes = len(class_names)
     check_weights(model_spec(params, n_classes))
     original = ~train["is_augmented"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from ferflow import tracking
 from ferflow.errors import DataError
-from ferflow.io import CLEAN_KEYS, TRAIN_KEYS, atomic_path, read_npz, write_json
+from ferflow.io import atomic_path, read_training_arrays, write_json
 from ferflow.models import serving
 from ferflow.models.architectures import check_weights
 from ferflow.models.checkpoint import TrainingCheckpoint
@@ -63,20 +63,10 @@ def run(
     repo_root: Path,
 ) -> RunInfo:
     """Train, save the best model (lowest val_loss) and log the run; returns the run facts."""
-    train = read_npz(train_arrays, TRAIN_KEYS)
-    clean = read_npz(clean_arrays, CLEAN_KEYS)
-    class_names = [str(name) for name in train["class_names"]]
+    train, clean, class_names = read_training_arrays(train_arrays, clean_arrays)
     n_classes = len(class_names)
     spec = model_spec(params, n_classes)
     check_weights(spec)  # a missing weights file fails here, before any training or tracking
-    clean_names = [str(name) for name in clean["class_names"]]
-    if clean_names != class_names:
-        raise DataError(f"{train_arrays} holds classes {class_names}, but {clean_arrays} holds {clean_names}: "
-                        "they come from different runs; rerun the augment stage")  # fmt: skip
-    for path, labels in ((train_arrays, train["labels"]), (clean_arrays, clean["labels"])):
-        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-            raise DataError(f"{path}: labels {labels.min()}..{labels.max()} outside the {n_classes} classes "
-                            f"0..{n_classes - 1}; rerun the stage that writes it")  # fmt: skip
     is_val = clean["splits"] == "val"
     if not is_val.any():
         raise DataError(f"{clean_arrays}: no validation rows (split 'val'); rerun the validate stage")
