@@ -215,18 +215,20 @@ def on_full_test(works: dict[str, Path], fer_file: Path) -> None:
     """Every recipe's model, and `fer`'s, on the largest test split among the runs (a subsampled recipe such
     as cpu-fast keeps only a tenth of the test split: 359 faces, +-2.6 points; the full one has 3,589).
 
-    Only runs on the same ``data.source`` are compared. Faces whose pixels are also among a model's training
-    rows are left out of its score, since a subsample's validate stage never saw the rest of the test split
-    and so could not quarantine those copies."""
+    Only runs on the same source table are compared (the SHA-256 the download stage wrote in its manifest,
+    so a copy of the file elsewhere counts as the same data). Faces whose pixels are also among a model's
+    training rows are left out of its score, since a subsample's validate stage never saw the rest of the test
+    split and so could not quarantine those copies."""
     import keras
 
-    from ferflow.io import read_npz
+    from ferflow.io import read_json, read_npz
     from ferflow.models.evaluation import predict_with_tta
     from ferflow.models.layers import load_keras_model
     from ferflow.params import load_params
 
     params = {name: load_params(work / "params.yaml") for name, work in works.items()}
-    sources = {name: params[name].data.source for name in works}
+    sources = {name: read_json(work / "data/raw/manifest.json", ("table_sha256",))["table_sha256"]
+               for name, work in works.items()}  # fmt: skip
     tests = {}
     for name, work in works.items():
         clean = read_npz(work / "data/processed/clean.npz")
