@@ -58,6 +58,12 @@ def test_a_tiny_cpu_recipe_run_trains_with_the_recipes_parts(name, faces):
     )
     assert erasing == ([online.erasing] if online.erasing else [])  # neither CPU recipe erases
     network = result.model.get_layer("vgg")
+    crop = params.model.input_crop
+    assert crop == RECIPES[name].values.get("model.input_crop", 0)
+    if crop:  # the network sits behind the crop layer, built at the crop's size
+        assert network.get_layer("face_crop").size == crop
+        network = network.layers[-1]
+    assert network.input_shape[1:3] == ((crop, crop) if crop else (48, 48))
     first_stage = [layer.name for layer in network.layers if layer.name.startswith("stage1") and "conv" in layer.name]
     assert len(first_stage) == params.model.first_stage_convs == RECIPES[name].values.get(
         "model.first_stage_convs", 2)  # fmt: skip
