@@ -35,7 +35,8 @@ def main() -> None:
     from sklearn.model_selection import train_test_split
 
     from ferflow.io import CLEAN_KEYS, read_npz
-    from ferflow.models.training import fit, predict_proba, seed_everything
+    from ferflow.models.evaluation import predict_with_tta
+    from ferflow.models.training import fit, seed_everything
     from ferflow.native_logs import filter_native_logs
     from ferflow.recipes import get_recipe, resolve
 
@@ -52,12 +53,12 @@ def main() -> None:
     seed_everything(params.train.seed)
     started = time.perf_counter()
     result = fit(params, images, labels, val_images, val_labels, len(clean["class_names"]), verbose=0)
-    plain = predict_proba(result.model, val_images)
-    mirrored = predict_proba(result.model, val_images[:, :, ::-1])
+    plain = predict_with_tta(result.model, val_images)
+    mirror_tta = predict_with_tta(result.model, val_images, flip=True)
     print(json.dumps({
         "recipe": recipe.name, "set": args.set, "train_rows": len(labels), "val_rows": len(val_labels),
         "val_acc": round(float((plain.argmax(1) == val_labels).mean()), 4),
-        "val_acc_mirror_tta": round(float(((plain + mirrored).argmax(1) == val_labels).mean()), 4),
+        "val_acc_mirror_tta": round(float((mirror_tta.argmax(1) == val_labels).mean()), 4),
         "best_epoch": int(np.argmin([row["val_loss"] for row in result.history])),
         "seconds": round(time.perf_counter() - started),
     }))  # fmt: skip
