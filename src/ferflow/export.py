@@ -93,6 +93,11 @@ def _litert_runner(path: Path):
 RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner}
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else exc.__class__.__name__
+
+
 def check_formats(formats: list[str]) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -103,15 +108,23 @@ def check_formats(formats: list[str]) -> None:
 
 def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
     """Export ``model`` (a self-contained Keras model) to ``out_dir`` in each of ``formats``; all or nothing."""
-    from ferflow.models.serving import class_names_of, servable, takes_raw_faces
+    from ferflow.models.serving import class_names_of, compute_precisions, in_float32, servable, takes_raw_faces
 
     check_formats(formats)
     if not takes_raw_faces(model):
         model = servable(model, class_names_of(model))  # a model saved before the contract: wrap it
     faces = _check_faces()
-    reference, keras_speed = _timed(lambda x: model.predict(x, batch_size=256, verbose=0), faces)
-    report: dict[str, Any] = {"class_names": class_names_of(model), "tolerance": TOLERANCE,
-                              "keras_images_per_second": round(keras_speed, 1), "exports": []}  # fmt: skip
+    as_trained, keras_speed = _timed(lambda x: model.predict(x, batch_size=256, verbose=0), faces)
+    trained_precisions = compute_precisions(model)
+    # The files compute in float32, what ONNX Runtime and LiteRT run on any CPU; they are checked against the
+    # same model computing in float32, and how far that is from the trained precision is reported beside it.
+    model = in_float32(model)
+    reference = as_trained if trained_precisions == ["float32"] else model.predict(faces, batch_size=256, verbose=0)
+    report: dict[str, Any] = {
+        "class_names": class_names_of(model), "tolerance": TOLERANCE, "trained_precision": trained_precisions,
+        "exported_precision": "float32",
+        "float32_vs_trained_max_abs_difference": float(np.abs(np.asarray(reference) - as_trained).max()),
+        "keras_images_per_second": round(keras_speed, 1), "exports": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as staging:
         for name in formats:
             path = Path(staging) / FORMATS[name]
@@ -119,7 +132,15 @@ def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
                 model.export(str(path), format=name, verbose=False)
             except ImportError as exc:
                 raise ExportError(f"{name} export needs {exc.name or exc}: pip install 'ferflow[export]'") from None
-            outputs, speed = _timed(RUNNERS[name](path), faces)
+            except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the reason
+                raise ExportError(f"{name}: the converter failed: {_first_line(exc)}; nothing was written") from None
+            try:
+                outputs, speed = _timed(RUNNERS[name](path), faces)
+            except ImportError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime refusing the file it was handed
+                raise ExportError(f"{name}: the exported file does not run: {_first_line(exc)}; nothing was "
+                                  "written") from None  # fmt: skip
             difference = float(np.abs(outputs - reference).max())
             if not difference <= TOLERANCE:
                 raise ExportError(f"{name}: its outputs differ from the Keras model's by {difference:.2e} "

@@ -149,6 +149,38 @@ def test_onnx_and_litert_exports_match_keras_and_are_timed(champion, tmp_path):
     assert np.abs(litert_proba - proba).max() <= 1e-4 and labels_of(litert_proba) == labels_of(proba)
 
 
+def test_a_model_trained_in_mixed_bfloat16_exports_in_float32_and_says_so(tmp_path):
+    """The recipes train in mixed bfloat16; the saved model keeps those layer policies, which tf2onnx turned
+    into ONNX nodes mixing float16 and bfloat16 that onnxruntime refused to load. The export computes in
+    float32 with the same weights, matches the float32 Keras model and reports its distance to bfloat16."""
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        network = build_model(ModelSpec(n_classes=4, width=8, dense_units=16))
+        network.predict(np.zeros((1, 48, 48, 1), np.float32), verbose=0)
+        serving.servable(network, CLASSES).save(tmp_path / "bf16.keras")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    trained = load_keras_model(tmp_path / "bf16.keras")
+    assert serving.compute_precisions(trained) == ["float32", "mixed_bfloat16"]
+    float32 = serving.in_float32(trained)
+    assert serving.compute_precisions(float32) == ["float32"] and serving.compute_precisions(trained) != ["float32"]
+    for kept, copied in zip(trained.get_weights(), float32.get_weights(), strict=True):
+        assert copied.dtype == np.float32 and np.array_equal(kept, copied)
+
+    report = export(trained, tmp_path / "out", ["onnx"])
+    assert report["trained_precision"] == ["float32", "mixed_bfloat16"] and report["exported_precision"] == "float32"
+    assert 0 < report["float32_vs_trained_max_abs_difference"] < 0.05  # bfloat16 keeps about 3 digits
+    assert report["exports"][0]["max_abs_difference"] <= 1e-4
+    import onnxruntime
+
+    faces = generate(20, seed=5, progress=False)[0]
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    onnx_proba = session.run(None, {session.get_inputs()[0].name: faces[..., None].astype(np.float32)})[0]
+    assert np.abs(onnx_proba - predict_proba(float32, faces)).max() <= 1e-4
+
+
 def test_export_of_the_champion_is_logged_with_its_version(champion, tmp_path, capsys, monkeypatch):
     repo, _, _ = champion
     monkeypatch.chdir(repo)

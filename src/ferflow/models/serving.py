@@ -57,6 +57,47 @@ def _without_online_augmentation(trained):
     return network
 
 
+def _layers_within(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model: the network inside the servable wrapper
+            yield from _layers_within(layer)
+
+
+def compute_precisions(model) -> list[str]:
+    """The dtype policies ``model``'s layers compute in, e.g. ``['float32', 'mixed_bfloat16']`` for a model
+    trained in mixed precision (its output layer stays float32)."""
+    return sorted({layer.dtype_policy.name for layer in _layers_within(model)})
+
+
+def _with_float32_policies(config):
+    if isinstance(config, list):
+        return [_with_float32_policies(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    inner = config.get("config")
+    if str(config.get("class_name", "")).endswith("DTypePolicy") and isinstance(inner, dict) and inner.get("name") in (
+            "mixed_bfloat16", "mixed_float16", "bfloat16", "float16"):  # fmt: skip
+        return {**config, "config": {**inner, "name": "float32"}}
+    return {key: _with_float32_policies(value) for key, value in config.items()}
+
+
+def in_float32(model):
+    """``model`` computing in float32 with the same weights (``model`` itself if it already does).
+
+    A model trained in mixed precision is saved with its layers' bfloat16/float16 policies. Converters cannot
+    express that: tf2onnx writes nodes that mix float16 and bfloat16 types, which onnxruntime refuses to load.
+    Under mixed precision the variables are float32, so the weights carry over exactly; only the arithmetic
+    changes (answers differ in the third decimal, as bfloat16 arithmetic would)."""
+    import keras
+
+    if compute_precisions(model) == ["float32"]:
+        return model
+    copy = keras.saving.deserialize_keras_object(_with_float32_policies(keras.saving.serialize_keras_object(model)))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def takes_raw_faces(model) -> bool:
     return any(layer.name == SCALING_LAYER for layer in model.layers)
 
