@@ -93,6 +93,10 @@ def _litert_runner(path: Path):
 RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner}
 
 
+def _missing(name: str, exc: ImportError) -> ExportError:
+    return ExportError(f"{name} export needs {exc.name or exc}: pip install 'ferflow[export]'")
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else exc.__class__.__name__
@@ -131,13 +135,13 @@ def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
             try:
                 model.export(str(path), format=name, verbose=False)
             except ImportError as exc:
-                raise ExportError(f"{name} export needs {exc.name or exc}: pip install 'ferflow[export]'") from None
+                raise _missing(name, exc) from None
             except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the reason
                 raise ExportError(f"{name}: the converter failed: {_first_line(exc)}; nothing was written") from None
             try:
                 outputs, speed = _timed(RUNNERS[name](path), faces)
-            except ImportError:
-                raise
+            except ImportError as exc:
+                raise _missing(name, exc) from None
             except Exception as exc:  # noqa: BLE001 - a runtime refusing the file it was handed
                 raise ExportError(f"{name}: the exported file does not run: {_first_line(exc)}; nothing was "
                                   "written") from None  # fmt: skip

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -198,6 +199,29 @@ def test_export_of_the_champion_is_logged_with_its_version(champion, tmp_path, c
     with pytest.raises(ExportError, match="nothing was written"):
         export(_broken_converter_model(repo), tmp_path / "broken", ["onnx"])
     assert not (tmp_path / "broken").exists()
+    with pytest.raises(ExportError, match=r"^onnx: the converter failed: no kernel for op X; nothing was written"):
+        export(_export_replaced_by(repo, _raise_no_kernel), tmp_path / "broken", ["onnx"])
+    with pytest.raises(ExportError, match=r"^litert: the exported file does not run: .+; nothing was written"):
+        export(_export_replaced_by(repo, _write_garbage), tmp_path / "broken", ["litert"])
+    assert not (tmp_path / "broken").exists()
+
+
+def _raise_no_kernel(path, format, verbose):
+    raise RuntimeError("no kernel for op X\n(a converter's long trace)")
+
+
+def _write_garbage(path, format, verbose):
+    Path(path).write_bytes(b"not a flatbuffer")
+
+
+def _export_replaced_by(repo, export_function):
+    model = load_keras_model(repo / "model.keras")
+
+    class Replaced:
+        def __getattr__(self, name):
+            return export_function if name == "export" else getattr(model, name)
+
+    return Replaced()
 
 
 def _broken_converter_model(repo):
