@@ -1,6 +1,12 @@
 """Errors meant for people: each one names the problem and where it is."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception, for a one-line message (its class name if it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else exc.__class__.__name__
+
+
 class FerflowError(Exception):
     """Base class for errors the CLI reports as a one-paragraph message and a non-zero exit."""
 

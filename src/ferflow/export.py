@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ferflow.errors import FerflowError
+from ferflow.errors import FerflowError, first_line
 from ferflow.schema import IMAGE_SIZE
 
 TOLERANCE = 1e-4
@@ -97,11 +97,6 @@ def _missing(name: str, exc: ImportError) -> ExportError:
     return ExportError(f"{name} export needs {exc.name or exc}: pip install 'ferflow[export]'")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else exc.__class__.__name__
-
-
 def check_formats(formats: list[str]) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -137,13 +132,13 @@ def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
             except ImportError as exc:
                 raise _missing(name, exc) from None
             except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the reason
-                raise ExportError(f"{name}: the converter failed: {_first_line(exc)}; nothing was written") from None
+                raise ExportError(f"{name}: the converter failed: {first_line(exc)}; nothing was written") from None
             try:
                 outputs, speed = _timed(RUNNERS[name](path), faces)
             except ImportError as exc:
                 raise _missing(name, exc) from None
             except Exception as exc:  # noqa: BLE001 - a runtime refusing the file it was handed
-                raise ExportError(f"{name}: the exported file does not run: {_first_line(exc)}; nothing was "
+                raise ExportError(f"{name}: the exported file does not run: {first_line(exc)}; nothing was "
                                   "written") from None  # fmt: skip
             difference = float(np.abs(outputs - reference).max())
             if not difference <= TOLERANCE:

@@ -199,7 +199,6 @@ def load_keras_model(path: str | Path) -> keras.Model:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors... for a bad file
         # imported here: a logged model ships this module without ferflow.errors (models/serving.py)
-        from ferflow.errors import DataError
+        from ferflow.errors import DataError, first_line
 
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
-        raise DataError(f"{path}: not a model ferflow can load safely: {reason}") from None
+        raise DataError(f"{path}: not a model ferflow can load safely: {first_line(exc)}") from None
