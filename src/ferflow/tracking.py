@@ -225,6 +225,20 @@ def experiment_id(client, name: str, repo_root: Path) -> str:
         return created.experiment_id
 
 
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """``data`` as the active run's artifact ``artifact_file`` (``plots/curves.png``): MLflow logs files, text,
+    dicts and figures, not bytes, so they pass through a temporary file."""
+    import tempfile
+
+    import mlflow
+
+    folder, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / name
+        staged.write_bytes(data)
+        mlflow.log_artifact(str(staged), artifact_path=folder or None)
+
+
 def log_dataset(images: np.ndarray, labels: np.ndarray, name: str, source: Path, context: str) -> None:
     """Record a split as an MLflow dataset input of the active run (the run page's "Datasets"): its name,
     digest (``ferflow.io.array_digest``), file, schema and size. The faces themselves are not uploaded."""

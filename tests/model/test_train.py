@@ -180,6 +180,9 @@ def test_evaluate_writes_metrics_plots_and_logs_into_the_training_run(repo):
     logged = {item.path for item in client.list_artifacts(facts.run_id, "evaluate")}
     assert {"evaluate/confusion_matrix.json", "evaluate/confusion_matrix.png", "evaluate/classification_report.txt",
             "evaluate/samples_incorrect.png", "evaluate/per_class.json"} <= logged  # fmt: skip
+    # The figure in MLflow is the file the stage wrote, byte for byte (rendered once, not twice).
+    downloaded = Path(client.download_artifacts(facts.run_id, "evaluate/confusion_matrix.png", str(repo / "dl")))
+    assert downloaded.read_bytes() == (out / "plots" / "confusion_matrix.png").read_bytes()
 
 
 @pytest.mark.parametrize("guard", [True, False])

@@ -31,7 +31,7 @@ from ferflow.models.evaluation import (
     predict_with_tta,
 )
 from ferflow.params import EvaluateParams
-from ferflow.plots import confusion_heatmap, labelled_faces, save_figure
+from ferflow.plots import confusion_heatmap, labelled_faces, png_bytes, write_png
 from ferflow.run_info import RunInfo
 
 
@@ -143,14 +143,16 @@ def run(
                "tta": {key: value for key, value in tta_facts.items() if not key.endswith("_scores")}}  # fmt: skip
     records = [{"actual": class_names[t], "predicted": class_names[p]} for t, p in zip(labels, predicted, strict=True)]
     matrices = {"class_names": class_names, "counts": counts.tolist(), "normalised": normalised.round(4).tolist()}
-    figures = {
-        "confusion_matrix.png": confusion_heatmap(counts, class_names, "test confusion matrix (counts)", False),
-        "confusion_matrix_normalised.png": confusion_heatmap(
-            normalised, class_names, "test confusion matrix (row-normalised: recall)", True
-        ),
-        **{f"samples_{name}.png": figure for name, figure in _sample_grids(
-            images, labels, proba, class_names, params.sample_faces, np.random.default_rng(params.seed)
-        ).items()},
+    figures = {  # rendered once: the same PNG goes to MLflow and to the plots folder
+        name: png_bytes(figure) for name, figure in {
+            "confusion_matrix.png": confusion_heatmap(counts, class_names, "test confusion matrix (counts)", False),
+            "confusion_matrix_normalised.png": confusion_heatmap(
+                normalised, class_names, "test confusion matrix (row-normalised: recall)", True
+            ),
+            **{f"samples_{name}.png": figure for name, figure in _sample_grids(
+                images, labels, proba, class_names, params.sample_faces, np.random.default_rng(params.seed)
+            ).items()},
+        }.items()
     }  # fmt: skip
     report = _report_text(scores, tta_facts["verdict"])
 
@@ -164,16 +166,16 @@ def run(
         mlflow.log_dict(matrices, "evaluate/confusion_matrix.json")
         mlflow.log_dict(scores["per_class"], "evaluate/per_class.json")
         mlflow.log_text(report, "evaluate/classification_report.txt")
-        for name, figure in figures.items():
-            mlflow.log_figure(figure, f"evaluate/{name}")
+        for name, png in figures.items():
+            tracking.log_bytes(png, f"evaluate/{name}")
         # Last: only a completely logged evaluation makes the run eligible for registration.
         mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.settings": _settings_digest(params),
                          "ferflow.evaluate.tta": tta_facts["setting"],
                          "ferflow.evaluate.tta_used": str(tta_facts["used"]).lower(),
                          "ferflow.evaluate.tta_verdict": tta_facts["verdict"]})  # fmt: skip
 
-    for name, figure in figures.items():
-        save_figure(figure, plots_dir / name)
+    for name, png in figures.items():
+        write_png(png, plots_dir / name)
     write_json(confusion_records_out, records)
     write_json(confusion_out, matrices)
     with atomic_open(report_out) as handle:

@@ -31,7 +31,7 @@ from ferflow.models.training import (
     seed_everything,
 )
 from ferflow.params import Params
-from ferflow.plots import save_figure, training_curves
+from ferflow.plots import png_bytes, training_curves, write_png
 from ferflow.run_info import RunInfo
 
 
@@ -113,8 +113,8 @@ def run(
             **{f"best_{key}": value for key, value in best.items() if key not in {"epoch", "epoch_seconds"}},
         }
         mlflow.log_metrics({key: float(value) for key, value in summary.items()})
-        figure = training_curves(history)
-        mlflow.log_figure(figure, "plots/training_curves.png")
+        curves = png_bytes(training_curves(history))  # rendered once, logged and written
+        tracking.log_bytes(curves, "plots/training_curves.png")
         mlflow.log_dict(history, "history.json")
         # What is saved, registered and served: raw faces in, class names inside (ferflow.models.serving).
         served = serving.servable(model, class_names)
@@ -130,7 +130,7 @@ def run(
             finally:
                 staged.unlink(missing_ok=True)
         write_json(history_out, history)
-        save_figure(figure, curves_out)
+        write_png(curves, curves_out)
         facts = RunInfo(
             run_id=active.info.run_id,
             experiment_id=active.info.experiment_id,
