@@ -143,17 +143,16 @@ def run(
                "tta": {key: value for key, value in tta_facts.items() if not key.endswith("_scores")}}  # fmt: skip
     records = [{"actual": class_names[t], "predicted": class_names[p]} for t, p in zip(labels, predicted, strict=True)]
     matrices = {"class_names": class_names, "counts": counts.tolist(), "normalised": normalised.round(4).tolist()}
-    figures = {  # rendered once: the same PNG goes to MLflow and to the plots folder
-        name: png_bytes(figure) for name, figure in {
-            "confusion_matrix.png": confusion_heatmap(counts, class_names, "test confusion matrix (counts)", False),
-            "confusion_matrix_normalised.png": confusion_heatmap(
-                normalised, class_names, "test confusion matrix (row-normalised: recall)", True
-            ),
-            **{f"samples_{name}.png": figure for name, figure in _sample_grids(
-                images, labels, proba, class_names, params.sample_faces, np.random.default_rng(params.seed)
-            ).items()},
-        }.items()
+    figures = {
+        "confusion_matrix.png": confusion_heatmap(counts, class_names, "test confusion matrix (counts)", False),
+        "confusion_matrix_normalised.png": confusion_heatmap(
+            normalised, class_names, "test confusion matrix (row-normalised: recall)", True
+        ),
+        **{f"samples_{name}.png": figure for name, figure in _sample_grids(
+            images, labels, proba, class_names, params.sample_faces, np.random.default_rng(params.seed)
+        ).items()},
     }  # fmt: skip
+    pngs = {name: png_bytes(figure) for name, figure in figures.items()}  # rendered once: for MLflow and the folder
     report = _report_text(scores, tta_facts["verdict"])
 
     with tracking.tracked_run(repo_root, **where) as active:
@@ -166,7 +165,7 @@ def run(
         mlflow.log_dict(matrices, "evaluate/confusion_matrix.json")
         mlflow.log_dict(scores["per_class"], "evaluate/per_class.json")
         mlflow.log_text(report, "evaluate/classification_report.txt")
-        for name, png in figures.items():
+        for name, png in pngs.items():
             tracking.log_bytes(png, f"evaluate/{name}")
         # Last: only a completely logged evaluation makes the run eligible for registration.
         mlflow.set_tags({"ferflow.evaluated": "true", "ferflow.evaluate.settings": _settings_digest(params),
@@ -174,7 +173,7 @@ def run(
                          "ferflow.evaluate.tta_used": str(tta_facts["used"]).lower(),
                          "ferflow.evaluate.tta_verdict": tta_facts["verdict"]})  # fmt: skip
 
-    for name, png in figures.items():
+    for name, png in pngs.items():
         write_png(png, plots_dir / name)
     write_json(confusion_records_out, records)
     write_json(confusion_out, matrices)
