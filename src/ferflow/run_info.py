@@ -8,6 +8,7 @@ message naming the file and the field, instead of a KeyError three stages later.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,6 +32,9 @@ class RunInfo(BaseModel):
     epochs_run: int
     train_seconds: float
     best: dict[str, float]  # the epoch with the lowest val_loss: its losses and metrics
+    # what the saved model holds: that epoch's weights, or (train.ema_epochs) their moving average, whose val
+    # loss was lower (the run's averaged_val_* metrics)
+    weights: Literal["best_epoch", "averaged"] = "best_epoch"
     keras_backend: str
     device_type: str  # as the backend reported it: CPU | GPU
     device_name: str

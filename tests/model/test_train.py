@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -21,7 +22,16 @@ from ferflow.errors import DataError, ParamsError
 from ferflow.io import read_json, read_npz, write_npz
 from ferflow.models.layers import load_keras_model
 from ferflow.models.serving import class_names_of, load_logged_model
-from ferflow.models.training import predict_proba
+from ferflow.models.training import (
+    BestWeights,
+    averaging_momentum,
+    compiled_model,
+    keep_averaged_if_better,
+    one_hot,
+    predict_proba,
+    seed_everything,
+    to_inputs,
+)
 from ferflow.params import parse_params
 from ferflow.run_info import RunInfo
 from ferflow.schema import EMOTIONS
@@ -138,6 +148,52 @@ def test_same_params_and_seed_give_the_same_metrics(repo):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def test_the_ema_horizon_is_counted_in_epochs_of_batches():
+    assert averaging_momentum(2.0, 100) == pytest.approx(1 - 1 / 200)  # a horizon of 200 steps
+    assert averaging_momentum(2.0, 10) == pytest.approx(1 - 1 / 20)  # the same 2 epochs on a tenth of the data
+    assert averaging_momentum(0.01, 10) == 0.0  # shorter than a step: the average is the last weights
+
+
+@pytest.mark.parametrize("best_epoch_loss", [math.inf, -math.inf], ids=["average-lower", "average-higher"])
+def test_the_weight_average_replaces_the_best_epoch_only_when_its_val_loss_is_lower(synthetic_arrays,
+                                                                                   best_epoch_loss):  # fmt: skip
+    images, labels, usages = synthetic_arrays
+    params = parse_params(tiny_params(train={"epochs": 1, "ema_epochs": 5}))
+    val = (to_inputs(images[usages == "PublicTest"]), one_hot(labels[usages == "PublicTest"], 7))
+    seed_everything(0)
+    model = compiled_model(params, 7)
+    assert model.optimizer.use_ema
+    # fit ends with the average in the model (Keras' finalize); BestWeights puts the best epoch's back, as in fit
+    model.fit(to_inputs(images), one_hot(labels, 7), validation_data=val, batch_size=64, epochs=1, verbose=0,
+              callbacks=[BestWeights()])  # fmt: skip
+    trained = model.get_weights()
+    trained_loss = model.evaluate(*val, verbose=0, return_dict=True)["loss"]
+    averaged = keep_averaged_if_better(model, val, best_epoch_loss, batch_size=64)
+    now = model.evaluate(*val, verbose=0, return_dict=True)["loss"]
+    if best_epoch_loss == math.inf:
+        assert averaged["kept"] == 1.0 and now == pytest.approx(averaged["val_loss"], rel=1e-5)
+        assert abs(averaged["val_loss"] - trained_loss) > 1e-4  # the average is other weights
+    else:
+        assert averaged["kept"] == 0.0 and now == pytest.approx(trained_loss, rel=1e-6)
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained, strict=True))
+    assert {"val_loss", "val_accuracy", "val_f1_macro"} <= set(averaged)
+
+
+def test_a_weight_average_worse_on_val_is_logged_and_not_saved(repo):
+    # A horizon of 100 epochs over 3 is still mostly the initial weights: far worse than any trained epoch.
+    facts = run_train(repo, train={"epochs": 3, "learning_rate": 0.01, "ema_epochs": 100})
+    run = client_for(repo).get_run(facts.run_id)
+    metrics = run.data.metrics
+    assert facts.weights == run.data.tags["ferflow.weights"] == "best_epoch"
+    assert metrics["averaged_val_loss"] > metrics["best_val_loss"] + 0.05
+    assert 0.0 <= metrics["averaged_val_accuracy"] < metrics["best_val_accuracy"]
+    clean = read_npz(repo / "clean.npz")
+    is_val = clean["splits"] == "val"
+    proba = predict_proba(load_keras_model(repo / "models" / "model.keras"), clean["images"][is_val])
+    saved_loss = -np.log(proba[np.arange(len(proba)), clean["labels"][is_val]]).mean()
+    assert saved_loss == pytest.approx(metrics["best_val_loss"], rel=1e-3)  # the best epoch's weights
+
+
 def test_missing_weights_file_fails_before_any_run(repo):
     with pytest.raises(ParamsError, match="model.weights: file .* does not exist"):
         run_train(repo, model={"architecture": "mobilenet_v2", "weights": str(repo / "none.h5")})
@@ -218,7 +274,7 @@ def test_a_tta_that_lowers_val_accuracy_is_never_silent(repo, capsys, guard):
 
 
 def test_cv_logs_a_parent_run_with_one_nested_run_per_fold(repo):
-    params = parse_params(tiny_params(train={"epochs": 1}))
+    params = parse_params(tiny_params(train={"epochs": 1, "ema_epochs": 1}))
     metrics = cv.run(params, repo / "train.npz", repo / "clean.npz", repo / "cv.json", repo)
     assert read_json(repo / "cv.json") == metrics
     per_fold = metrics["per_fold"]
@@ -239,6 +295,8 @@ def test_cv_logs_a_parent_run_with_one_nested_run_per_fold(repo):
     held_out = sorted(int(run.data.params["held_out_rows"]) for run in folds)
     assert sum(held_out) == len(np.load(repo / "train.npz")["labels"])
     assert all(run.info.status == "FINISHED" for run in runs)
+    for fold in folds:  # each fold's weight average was scored on val and kept or not
+        assert fold.data.metrics["averaged_kept"] in (0.0, 1.0) and fold.data.metrics["averaged_val_loss"] > 0
 
 
 def test_cv_disabled_writes_a_note_and_trains_nothing(repo, capsys):
@@ -271,7 +329,8 @@ def test_cv_fold_indices_are_stratified_disjoint_and_complete():
 
 
 def start_training(repo: Path, epochs: int) -> subprocess.Popen:
-    params = tiny_params(train={"epochs": epochs, "batch_size": 16}, model={"width": 8})
+    # with a weight average: its moving averages and its val scores must survive a kill too
+    params = tiny_params(train={"epochs": epochs, "batch_size": 16, "ema_epochs": 1}, model={"width": 8})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "ferflow", "--params", str(repo / "params.yaml"), "train",
                "--train-arrays", "train.npz", "--clean", "clean.npz", "--model", "model.keras",
@@ -327,7 +386,11 @@ def test_killed_training_resumes_in_the_same_run_even_when_killed_after_fit(repo
     assert facts.resumed and facts.epochs_run == 5
     assert [row["epoch"] for row in read_json(repo / "history.json")] == list(range(5))
     client = client_for(repo)
-    assert client.get_run(facts.run_id).info.status == "FINISHED"
+    run = client.get_run(facts.run_id)
+    assert run.info.status == "FINISHED"
+    # the weight average was scored in the killed process and recorded with the fitted weights
+    assert facts.weights == run.data.tags["ferflow.weights"]
+    assert (run.data.metrics["averaged_val_loss"] < run.data.metrics["best_val_loss"]) == (facts.weights == "averaged")
     steps = [m.step for m in client.get_metric_history(facts.run_id, "val_loss")]
     assert sorted(set(steps)) == list(range(5))
     assert len(client.search_runs([facts.experiment_id])) == 1

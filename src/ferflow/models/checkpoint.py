@@ -29,6 +29,7 @@ class TrainingCheckpoint:
         self.backup = folder / "backup"
         self.best_weights = folder / "best.weights.h5"
         self.fitted_weights = folder / "fitted.weights.h5"
+        self.fitted_averaging = folder / "fitted.averaging.json"  # FitResult.averaged, for the fitted weights
         self.history = folder / "history.jsonl"
         self.run_id_file = folder / "mlflow_run_id"
         stamp = folder / "fingerprint"
@@ -71,15 +72,19 @@ class TrainingCheckpoint:
             keras.callbacks.BackupAndRestore(str(self.backup), double_checkpoint=True),
         ]  # fmt: skip
 
-    def mark_fit_finished(self, model: keras.Model) -> None:
-        """``fit`` returned and ``model`` holds its result: keep it, so that a kill from here on does not train
-        again. (Keras deletes its backup when ``fit`` ends.)"""
+    def mark_fit_finished(self, model: keras.Model, averaged: dict[str, float] | None = None) -> None:
+        """``fit`` returned and ``model`` holds its result (``averaged``: the weight average's val scores, when
+        there was one): keep both, so that a kill from here on does not train again. (Keras deletes its backup
+        when ``fit`` ends.) The weights file is written last: while it is missing the fit has not finished."""
+        self.fitted_averaging.write_text(json.dumps(averaged))
         staged = self.fitted_weights.with_name(f"staged.{self.fitted_weights.name}")
         model.save_weights(str(staged))
         os.replace(staged, self.fitted_weights)
 
-    def restore_fitted(self, model: keras.Model) -> None:
+    def restore_fitted(self, model: keras.Model) -> dict[str, float] | None:
+        """The fitted weights into ``model``; the weight average's val scores recorded with them, if any."""
         model.load_weights(str(self.fitted_weights))
+        return json.loads(self.fitted_averaging.read_text()) if self.fitted_averaging.is_file() else None
 
     def clear(self) -> None:
         """The training is complete (outputs written): the next one starts fresh."""

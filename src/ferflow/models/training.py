@@ -82,11 +82,21 @@ def with_online_augmentation(base: keras.Model, settings: OnlineAugmentParams) -
 
 
 def make_optimizer(settings: TrainParams) -> keras.optimizers.Optimizer:
+    # With train.ema_epochs the optimiser also keeps the moving average of the weights (in the train step,
+    # so it costs no Python per batch); fit sets its momentum once it knows the batches an epoch.
+    averaging = {"use_ema": True} if settings.ema_epochs else {}
     if settings.optimizer == "adam":
-        return keras.optimizers.Adam(settings.learning_rate)
+        return keras.optimizers.Adam(settings.learning_rate, **averaging)
     if settings.optimizer == "adamw":
-        return keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay)
-    return keras.optimizers.SGD(settings.learning_rate, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
+        return keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay, **averaging)
+    return keras.optimizers.SGD(settings.learning_rate, momentum=0.9, nesterov=True,
+                                weight_decay=settings.weight_decay, **averaging)  # fmt: skip
+
+
+def averaging_momentum(ema_epochs: float, steps_per_epoch: int) -> float:
+    """The EMA momentum whose horizon, 1 / (1 - momentum) steps, is ``ema_epochs`` epochs of batches: a horizon
+    in epochs means the same on a tenth of the data as on all of it, which a fixed momentum does not."""
+    return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
 
 
 def cosine_with_warmup(settings: TrainParams):
@@ -232,6 +242,23 @@ class FitResult:
     model: keras.Model
     history: list[dict[str, float]]  # one row per epoch run in this call: {"epoch": i, "loss": ..., ...}
     seconds: float
+    # with train.ema_epochs: the averaged weights' val scores ("val_loss", ...) and "kept" (1.0 when the model
+    # holds them, 0.0 when it holds the best epoch's weights); None without
+    averaged: dict[str, float] | None = None
+
+
+def keep_averaged_if_better(model: keras.Model, validation: tuple[np.ndarray, np.ndarray], best_epoch_loss: float,
+                            batch_size: int) -> dict[str, float]:  # fmt: skip
+    """After ``fit`` (``model`` holds the best epoch's weights): score the optimiser's moving average of the
+    weights on val and keep it if its val loss is lower, the rule that chose the best epoch. The batch-norm
+    statistics stay those of the trained weights: at the end of a schedule the two are close."""
+    best_epoch_weights = model.get_weights()
+    model.optimizer.finalize_variable_values(model.trainable_variables)  # the average into the model
+    scores = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
+    kept = float(scores["loss"]) < best_epoch_loss
+    if not kept:
+        model.set_weights(best_epoch_weights)
+    return {"kept": float(kept), **{f"val_{key}": float(value) for key, value in scores.items()}}
 
 
 def fit(
@@ -254,6 +281,9 @@ def fit(
     inputs: dict = {"x": to_inputs(images), "y": one_hot(labels, n_classes), "class_weight": weights}
     validation = (to_inputs(val_images), one_hot(val_labels, n_classes))
     devices = data_parallel_count()
+    if settings.ema_epochs:
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling too
+        optimizer.ema_momentum = averaging_momentum(settings.ema_epochs, math.ceil(len(images) / settings.batch_size))
     if devices > 1:
         # A data-parallel batch must split evenly over the devices; Keras' array input ends each epoch with
         # an uneven batch, so the rows go through batches that leave out fewer than `devices` rows an epoch.
@@ -274,7 +304,11 @@ def fit(
         {"epoch": int(epoch), **{key: float(values[i]) for key, values in fitted.history.items()}}
         for i, epoch in enumerate(fitted.epoch)
     ]
-    return FitResult(model, history, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    averaged = None
+    if settings.ema_epochs:
+        averaged = keep_averaged_if_better(model, validation, best.best_loss, settings.batch_size)
+    return FitResult(model, history, seconds, averaged)
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

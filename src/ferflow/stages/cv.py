@@ -118,6 +118,8 @@ def run(params: Params, train_arrays: Path, clean_arrays: Path, metrics_out: Pat
                        "train_seconds": round(result.seconds, 2), **flat}  # fmt: skip
                 mlflow.log_metrics({f"fold_{key}": value for key, value in flat.items()})
                 mlflow.log_metric("train_seconds", result.seconds)
+                if result.averaged is not None:  # train.ema_epochs: the average's val scores, kept (1) or not (0)
+                    mlflow.log_metrics({f"averaged_{key}": value for key, value in result.averaged.items()})
                 if settings.ensemble:
                     ensemble_proba += predict_proba(result.model, clean["images"][is_test]) / len(folds)
             fold_rows.append(row)

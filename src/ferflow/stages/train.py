@@ -62,7 +62,8 @@ def run(
     checkpoint_dir: Path,
     repo_root: Path,
 ) -> RunInfo:
-    """Train, save the best model (lowest val_loss) and log the run; returns the run facts."""
+    """Train, save the best model (lowest val_loss: the best epoch's weights, or their moving average with
+    ``train.ema_epochs``) and log the run; returns the run facts."""
     train, clean, class_names = read_training_arrays(train_arrays, clean_arrays)
     n_classes = len(class_names)
     spec = model_spec(params, n_classes)
@@ -95,24 +96,27 @@ def run(
             print(f"train: resuming MLflow run {resumed_run} from its last finished epoch")
         if checkpoint.fit_finished():
             print("train: the fit had finished before the stop; logging its result without training again")
-            checkpoint.restore_fitted(model)
+            averaged = checkpoint.restore_fitted(model)
         else:
-            fit(
+            averaged = fit(
                 params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
                 extra_callbacks=checkpoint.callbacks(tracking.epoch_logger()), best_weights=checkpoint.best_weights,
                 model=model,
-            )  # fmt: skip
-            checkpoint.mark_fit_finished(model)
+            ).averaged  # fmt: skip
+            checkpoint.mark_fit_finished(model, averaged)
         history = checkpoint.previous_history()
         best = min(history, key=lambda row: row["val_loss"])
         seconds = sum(row["epoch_seconds"] for row in history)  # across resumes too
+        weights = "averaged" if averaged and averaged["kept"] else "best_epoch"
         summary = {
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
             "train_seconds": round(seconds, 2),
             **{f"best_{key}": value for key, value in best.items() if key not in {"epoch", "epoch_seconds"}},
+            **{f"averaged_{key}": value for key, value in (averaged or {}).items() if key != "kept"},
         }
         mlflow.log_metrics({key: float(value) for key, value in summary.items()})
+        mlflow.set_tag("ferflow.weights", weights)  # which weights the saved model holds
         curves = png_bytes(training_curves(history))  # rendered once, logged and written
         tracking.log_bytes(curves, "plots/training_curves.png")
         mlflow.log_dict(history, "history.json")
@@ -145,6 +149,7 @@ def run(
             epochs_run=summary["epochs_run"],
             train_seconds=summary["train_seconds"],
             best={key: float(value) for key, value in best.items() if key not in {"epoch", "epoch_seconds"}},
+            weights=weights,
             keras_backend=tags["ferflow.keras_backend"],
             device_type=tags["ferflow.device_type"],
             device_name=tags["ferflow.device_name"],
@@ -153,8 +158,14 @@ def run(
         )
         facts.write(run_info_out)
     checkpoint.clear()  # finished: the next run starts fresh
+    average = "" if averaged is None else (
+        f"; weight average over {params.train.ema_epochs:g} epochs: val_accuracy {averaged['val_accuracy']:.3f}, "
+        f"val_loss {averaged['val_loss']:.4f} against {best['val_loss']:.4f}: "
+        + ("saved instead of the best epoch" if weights == "averaged" else "not lower, the best epoch is saved")
+    )  # fmt: skip
     print(
         f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
-        f"{best.get('val_accuracy', float('nan')):.3f}) in {seconds:.0f} s; MLflow run {facts.run_id} -> {model_out}"
+        f"{best.get('val_accuracy', float('nan')):.3f}){average} in {seconds:.0f} s; MLflow run {facts.run_id} "
+        f"-> {model_out}"
     )
     return facts
