@@ -65,8 +65,11 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
     counts = _load_dict(run_id, "data/class_counts.json") or {}
     trained = dt.datetime.fromtimestamp(run.info.start_time / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     source = params.get("data.source", "?")
-    averaged = (f", then the moving average of the weights over about {params.get('train.ema_epochs', '?')} epochs,"
-                " whose validation loss was lower" if tags.get("ferflow.weights") == "averaged" else "")  # fmt: skip
+    kept = {
+        "averaged": f"; saved: the moving average of the weights over about {params.get('train.ema_epochs', '?')}"
+                    " epochs, whose validation loss was lower",
+        "last_epoch": "; saved: the last epoch's weights",
+    }.get(tags.get("ferflow.weights", "best_epoch"), "")  # fmt: skip
 
     def metric(key: str) -> str:
         return f"{metrics[key]:.4f}" if key in metrics else "n/a"
@@ -137,7 +140,7 @@ def build_model_card(client, name: str, version, run, experiment_id: str) -> str
         f"Device: {tags.get('ferflow.device_type', '?')} ({tags.get('ferflow.device_name', '?')}), Keras "
         f"{tags.get('ferflow.keras_version', '?')} on {tags.get('ferflow.keras_backend', '?')}. Training time "
         f"{metrics.get('train_seconds', float('nan')):.0f} s over {metrics.get('epochs_run', float('nan')):.0f} "
-        f"epochs (best epoch {metrics.get('best_epoch', float('nan')) + 1:.0f}, lowest validation loss{averaged}). "
+        f"epochs (best epoch {metrics.get('best_epoch', float('nan')) + 1:.0f}, lowest validation loss{kept}). "
         f"Git commit `{tags.get('mlflow.source.git.commit', '?')}`.",
         "",
         "## Evaluation",

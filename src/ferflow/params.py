@@ -190,6 +190,9 @@ class TrainParams(_Section):
     plateau_patience: Annotated[int, Field(ge=1)] = 4
     plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     early_stopping_patience: Annotated[int, Field(ge=1)] = 8
+    # true: the saved weights are the epoch's with the lowest val loss; false: the last epoch's, the point a
+    # cosine schedule is built to end on (val loss can turn up while val accuracy still rises)
+    restore_best_weights: bool = True
     loss: Literal["categorical_crossentropy", "focal"] = "categorical_crossentropy"
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0

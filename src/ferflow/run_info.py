@@ -32,9 +32,9 @@ class RunInfo(BaseModel):
     epochs_run: int
     train_seconds: float
     best: dict[str, float]  # the epoch with the lowest val_loss: its losses and metrics
-    # what the saved model holds: that epoch's weights, or (train.ema_epochs) their moving average, whose val
-    # loss was lower (the run's averaged_val_* metrics)
-    weights: Literal["best_epoch", "averaged"] = "best_epoch"
+    # what the saved model holds: that epoch's weights, the last epoch's (train.restore_best_weights: false),
+    # or (train.ema_epochs) the moving average, whose val loss was lower (the run's averaged_val_* metrics)
+    weights: Literal["best_epoch", "last_epoch", "averaged"] = "best_epoch"
     keras_backend: str
     device_type: str  # as the backend reported it: CPU | GPU
     device_name: str

@@ -163,16 +163,24 @@ def test_the_weight_average_replaces_the_best_epoch_only_when_its_val_loss_is_lo
     seed_everything(0)
     model = compiled_model(params, 7)
     assert model.optimizer.use_ema
-    # fit ends with the average in the model (Keras' finalize); BestWeights puts the best epoch's back, as in fit
+    # fit ends with the average in the model (Keras' finalize), which BestWeights keeps as at_end before it
+    # puts the best epoch's weights back, as in fit
+    best = BestWeights()
     model.fit(to_inputs(images), one_hot(labels, 7), validation_data=val, batch_size=64, epochs=1, verbose=0,
-              callbacks=[BestWeights()])  # fmt: skip
+              callbacks=[best])  # fmt: skip
+    # as if the best epoch were an earlier one, with other batch-norm statistics than the last epoch's
+    for variable in model.non_trainable_variables:
+        if "moving_mean" in variable.path:
+            variable.assign(variable.numpy() + 0.05)
     trained = model.get_weights()
     trained_loss = model.evaluate(*val, verbose=0, return_dict=True)["loss"]
-    averaged = keep_averaged_if_better(model, val, best_epoch_loss, batch_size=64)
+    averaged = keep_averaged_if_better(model, best.at_end, val, best_epoch_loss, batch_size=64)
     now = model.evaluate(*val, verbose=0, return_dict=True)["loss"]
     if best_epoch_loss == math.inf:
         assert averaged["kept"] == 1.0 and now == pytest.approx(averaged["val_loss"], rel=1e-5)
         assert abs(averaged["val_loss"] - trained_loss) > 1e-4  # the average is other weights
+        # the average comes with the last epoch's batch-norm statistics, not the best epoch's
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best.at_end, strict=True))
     else:
         assert averaged["kept"] == 0.0 and now == pytest.approx(trained_loss, rel=1e-6)
         assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained, strict=True))
@@ -187,11 +195,25 @@ def test_a_weight_average_worse_on_val_is_logged_and_not_saved(repo):
     assert facts.weights == run.data.tags["ferflow.weights"] == "best_epoch"
     assert metrics["averaged_val_loss"] > metrics["best_val_loss"] + 0.05
     assert 0.0 <= metrics["averaged_val_accuracy"] < metrics["best_val_accuracy"]
+    assert saved_val_loss(repo) == pytest.approx(metrics["best_val_loss"], rel=1e-3)  # the best epoch's weights
+
+
+def saved_val_loss(repo: Path) -> float:
+    """Cross-entropy of the saved model on the val split (the tiny params have no label smoothing)."""
     clean = read_npz(repo / "clean.npz")
     is_val = clean["splits"] == "val"
     proba = predict_proba(load_keras_model(repo / "models" / "model.keras"), clean["images"][is_val])
-    saved_loss = -np.log(proba[np.arange(len(proba)), clean["labels"][is_val]]).mean()
-    assert saved_loss == pytest.approx(metrics["best_val_loss"], rel=1e-3)  # the best epoch's weights
+    return float(-np.log(proba[np.arange(len(proba)), clean["labels"][is_val]]).mean())
+
+
+def test_restore_best_weights_false_saves_the_last_epoch_not_the_best(repo, capsys):
+    facts = run_train(repo, train={"epochs": 4, "learning_rate": 0.05, "restore_best_weights": False})
+    history = read_json(repo / "history.json")
+    losses = [row["val_loss"] for row in history]
+    assert facts.best_epoch == int(np.argmin(losses)) != len(losses) - 1  # else this test could not tell
+    assert facts.weights == client_for(repo).get_run(facts.run_id).data.tags["ferflow.weights"] == "last_epoch"
+    assert saved_val_loss(repo) == pytest.approx(losses[-1], rel=1e-3)
+    assert "the last epoch's weights are saved" in capsys.readouterr().out
 
 
 def test_missing_weights_file_fails_before_any_run(repo):

@@ -192,13 +192,24 @@ def compiled_model(params: Params, n_classes: int) -> keras.Model:
 
 class BestWeights(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest ``val_loss`` in memory (and optionally on disk, so a
-    resumed run still knows its best loss) and puts them back when training ends."""
+    resumed run still knows its best loss) and puts them back when training ends, or, with ``restore``
+    false, the last epoch's. What the model held at the end is kept as ``at_end``: with the optimiser's weight
+    average (``use_ema``), Keras has put the average there, beside the batch-norm statistics of the last
+    epoch, the epoch the average ends at."""
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, restore: bool = True):
         super().__init__()
         self.path = path
-        self.best_loss = math.inf
+        self.restore = restore
+        self.best_loss = self.last_loss = math.inf
         self.best: list[np.ndarray] | None = None
+        self.last: list[np.ndarray] | None = None
+        self.at_end: list[np.ndarray] | None = None
+
+    @property
+    def kept_loss(self) -> float:
+        """The val loss of the weights ``on_train_end`` puts back."""
+        return self.best_loss if self.restore else self.last_loss
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.path is not None and self.path.with_suffix(".json").is_file():
@@ -207,6 +218,8 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("val_loss", math.inf))
+        if not self.restore:
+            self.last, self.last_loss = self.model.get_weights(), loss
         if loss < self.best_loss:
             self.best_loss = loss
             self.best = self.model.get_weights()
@@ -218,7 +231,11 @@ class BestWeights(keras.callbacks.Callback):
                 self.path.with_suffix(".json").write_text(json.dumps({"val_loss": loss, "epoch": epoch}))
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.best is not None:
+        self.at_end = self.model.get_weights()
+        if not self.restore:
+            if self.last is not None:  # the last epoch's own weights, not an average Keras put in their place
+                self.model.set_weights(self.last)
+        elif self.best is not None:
             self.model.set_weights(self.best)
         elif self.path is not None and self.path.is_file():
             self.model.load_weights(str(self.path))
@@ -243,21 +260,23 @@ class FitResult:
     history: list[dict[str, float]]  # one row per epoch run in this call: {"epoch": i, "loss": ..., ...}
     seconds: float
     # with train.ema_epochs: the averaged weights' val scores ("val_loss", ...) and "kept" (1.0 when the model
-    # holds them, 0.0 when it holds the best epoch's weights); None without
+    # holds them, 0.0 when it holds the epoch's weights); None without
     averaged: dict[str, float] | None = None
 
 
-def keep_averaged_if_better(model: keras.Model, validation: tuple[np.ndarray, np.ndarray], best_epoch_loss: float,
+def keep_averaged_if_better(model: keras.Model, averaged_weights: list[np.ndarray],
+                            validation: tuple[np.ndarray, np.ndarray], kept_loss: float,
                             batch_size: int) -> dict[str, float]:  # fmt: skip
-    """After ``fit`` (``model`` holds the best epoch's weights): score the optimiser's moving average of the
-    weights on val and keep it if its val loss is lower, the rule that chose the best epoch. The batch-norm
-    statistics stay those of the trained weights: at the end of a schedule the two are close."""
-    best_epoch_weights = model.get_weights()
-    model.optimizer.finalize_variable_values(model.trainable_variables)  # the average into the model
+    """After ``fit`` (``model`` holds the best or the last epoch's weights, whose val loss is ``kept_loss``):
+    score ``averaged_weights`` (the optimiser's moving average with the last epoch's batch-norm statistics,
+    ``BestWeights.at_end``) on val and keep them if their val loss is lower. Pairing the average with the
+    best epoch's statistics instead would mismatch them when the best epoch is not near the end."""
+    epoch_weights = model.get_weights()
+    model.set_weights(averaged_weights)
     scores = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
-    kept = float(scores["loss"]) < best_epoch_loss
+    kept = float(scores["loss"]) < kept_loss
     if not kept:
-        model.set_weights(best_epoch_weights)
+        model.set_weights(epoch_weights)
     return {"kept": float(kept), **{f"val_{key}": float(value) for key, value in scores.items()}}
 
 
@@ -273,10 +292,12 @@ def fit(
     model: keras.Model | None = None,
     verbose: int | None = None,
 ) -> FitResult:
-    """Train with the ``train`` recipe and return the model holding its best (lowest val_loss) weights."""
+    """Train with the ``train`` recipe and return the model holding the weights it keeps: the best epoch's
+    (lowest val_loss) or the last epoch's (``train.restore_best_weights``), or their moving average when its
+    val loss is lower (``train.ema_epochs``)."""
     settings = params.train
     model = model if model is not None else compiled_model(params, n_classes)
-    best = BestWeights(best_weights)
+    best = BestWeights(best_weights, restore=settings.restore_best_weights)
     weights = class_weights(labels, n_classes) if settings.class_weighting else None
     inputs: dict = {"x": to_inputs(images), "y": one_hot(labels, n_classes), "class_weight": weights}
     validation = (to_inputs(val_images), one_hot(val_labels, n_classes))
@@ -307,7 +328,7 @@ def fit(
     seconds = time.perf_counter() - started
     averaged = None
     if settings.ema_epochs:
-        averaged = keep_averaged_if_better(model, validation, best.best_loss, settings.batch_size)
+        averaged = keep_averaged_if_better(model, best.at_end, validation, best.kept_loss, settings.batch_size)
     return FitResult(model, history, seconds, averaged)
 
 

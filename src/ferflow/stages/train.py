@@ -62,8 +62,9 @@ def run(
     checkpoint_dir: Path,
     repo_root: Path,
 ) -> RunInfo:
-    """Train, save the best model (lowest val_loss: the best epoch's weights, or their moving average with
-    ``train.ema_epochs``) and log the run; returns the run facts."""
+    """Train, save the model (the weights of the epoch with the lowest val_loss, or of the last one with
+    ``train.restore_best_weights: false``; their moving average with ``train.ema_epochs`` when its val loss is
+    lower) and log the run; returns the run facts."""
     train, clean, class_names = read_training_arrays(train_arrays, clean_arrays)
     n_classes = len(class_names)
     spec = model_spec(params, n_classes)
@@ -107,7 +108,8 @@ def run(
         history = checkpoint.previous_history()
         best = min(history, key=lambda row: row["val_loss"])
         seconds = sum(row["epoch_seconds"] for row in history)  # across resumes too
-        weights = "averaged" if averaged and averaged["kept"] else "best_epoch"
+        epoch_weights = "best_epoch" if params.train.restore_best_weights else "last_epoch"
+        weights = "averaged" if averaged and averaged["kept"] else epoch_weights
         summary = {
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
@@ -158,10 +160,12 @@ def run(
         )
         facts.write(run_info_out)
     checkpoint.clear()  # finished: the next run starts fresh
-    average = "" if averaged is None else (
+    epoch = "the best epoch" if epoch_weights == "best_epoch" else "the last epoch"
+    kept_row = best if epoch_weights == "best_epoch" else history[-1]
+    average = f"; {epoch}'s weights are saved" if averaged is None else (
         f"; weight average over {params.train.ema_epochs:g} epochs: val_accuracy {averaged['val_accuracy']:.3f}, "
-        f"val_loss {averaged['val_loss']:.4f} against {best['val_loss']:.4f}: "
-        + ("saved instead of the best epoch" if weights == "averaged" else "not lower, the best epoch is saved")
+        f"val_loss {averaged['val_loss']:.4f} against {kept_row['val_loss']:.4f} for {epoch}: "
+        + (f"saved instead of {epoch}" if weights == "averaged" else f"not lower, {epoch} is saved")
     )  # fmt: skip
     print(
         f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
