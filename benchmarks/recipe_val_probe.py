@@ -8,7 +8,8 @@ pipeline (``benchmarks/recipes.py --keep DIR``, or ``dvc repro validate`` on the
     .venv/bin/python benchmarks/recipe_val_probe.py DIR/cpu-full/data/processed/clean.npz cpu-fast \\
         --fraction 0.1 --set model.input_crop=40 --set train.seed=1
 
-It prints one JSON line: val accuracy plain and with mirror TTA, the best epoch by val loss, seconds.
+It prints one JSON line: val accuracy plain and with mirror TTA of the weights the recipe saves (which:
+``weights``), the best epoch by val loss, the weight average's val scores with ``train.ema_epochs``, seconds.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main() -> None:
 
     from ferflow.io import CLEAN_KEYS, read_npz
     from ferflow.models.evaluation import predict_with_tta
-    from ferflow.models.training import fit, seed_everything
+    from ferflow.models.training import fit, saved_weights, seed_everything
     from ferflow.native_logs import filter_native_logs
     from ferflow.recipes import get_recipe, resolve
 
@@ -60,6 +61,9 @@ def main() -> None:
         "val_acc": round(float((plain.argmax(1) == val_labels).mean()), 4),
         "val_acc_mirror_tta": round(float((mirror_tta.argmax(1) == val_labels).mean()), 4),
         "best_epoch": int(np.argmin([row["val_loss"] for row in result.history])),
+        "weights": saved_weights(params.train, result.averaged),
+        # with train.ema_epochs: the weight average's val scores, whether or not it was kept
+        "averaged": result.averaged and {key: round(value, 4) for key, value in result.averaged.items()},
         "seconds": round(time.perf_counter() - started),
     }))  # fmt: skip
 

@@ -264,6 +264,14 @@ class FitResult:
     averaged: dict[str, float] | None = None
 
 
+def saved_weights(settings: TrainParams, averaged: dict[str, float] | None) -> str:
+    """What a fitted model holds (``FitResult.averaged`` for ``averaged``): ``averaged``, ``best_epoch`` or
+    ``last_epoch``, the train run's ``ferflow.weights`` tag."""
+    if averaged and averaged["kept"]:
+        return "averaged"
+    return "best_epoch" if settings.restore_best_weights else "last_epoch"
+
+
 def keep_averaged_if_better(model: keras.Model, averaged_weights: list[np.ndarray],
                             validation: tuple[np.ndarray, np.ndarray], kept_loss: float,
                             batch_size: int) -> dict[str, float]:  # fmt: skip

@@ -28,6 +28,7 @@ from ferflow.models.training import (
     data_parallel_count,
     fit,
     model_spec,
+    saved_weights,
     seed_everything,
 )
 from ferflow.params import Params
@@ -108,8 +109,7 @@ def run(
         history = checkpoint.previous_history()
         best = min(history, key=lambda row: row["val_loss"])
         seconds = sum(row["epoch_seconds"] for row in history)  # across resumes too
-        epoch_weights = "best_epoch" if params.train.restore_best_weights else "last_epoch"
-        weights = "averaged" if averaged and averaged["kept"] else epoch_weights
+        weights = saved_weights(params.train, averaged)
         summary = {
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
@@ -160,8 +160,7 @@ def run(
         )
         facts.write(run_info_out)
     checkpoint.clear()  # finished: the next run starts fresh
-    epoch = "the best epoch" if epoch_weights == "best_epoch" else "the last epoch"
-    kept_row = best if epoch_weights == "best_epoch" else history[-1]
+    epoch, kept_row = ("the best epoch", best) if params.train.restore_best_weights else ("the last epoch", history[-1])
     average = f"; {epoch}'s weights are saved" if averaged is None else (
         f"; weight average over {params.train.ema_epochs:g} epochs: val_accuracy {averaged['val_accuracy']:.3f}, "
         f"val_loss {averaged['val_loss']:.4f} against {kept_row['val_loss']:.4f} for {epoch}: "
