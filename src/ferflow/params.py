@@ -198,7 +198,7 @@ class TrainParams(_Section):
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0
     class_weighting: bool = False
     # Exponential moving average of the weights over about this many last epochs (Keras' use_ema); 0: off.
-    # The saved model is the average when its val loss is lower than the best epoch's, else the best epoch.
+    # The saved model is the average when its val loss is lower than that of the epoch it would replace.
     ema_epochs: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
     # Keras dtype policy. auto: mixed_bfloat16 when the backend sees a GPU or on a CPU with AMX bf16 units
     # under TensorFlow, float32 elsewhere (there it is slower); the softmax output stays float32 either way.
