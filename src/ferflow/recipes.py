@@ -73,9 +73,11 @@ RECIPES: dict[str, Recipe] = {
                 "train.schedule": "cosine",
                 "train.warmup_epochs": 1,
                 "train.early_stopping_patience": 40,
-                # the last epoch's weights, not the lowest val loss's: on the whole val split (a tenth of
-                # Training, 2026-12-02) val loss was lowest at epoch 22 of 40 while accuracy still rose: the last
-                # epoch scored 0.507 / 0.519 mirror / 0.518 TTA against 0.500 / 0.503 / 0.498 for epoch 22
+                # the last epoch's weights, where the cosine schedule ends, not the lowest val loss's. On the
+                # whole val split (recipe_val_probe.py, 2026-12-02) two seeds tie: seed 42 last 0.507 / 0.519
+                # with the mirror against 0.500 / 0.503 (lowest val loss at epoch 22 of 40), seed 1 0.497 / 0.506
+                # against 0.509 / 0.517 (epoch 30). The tie goes to the rule with no choice in it: the DAG would
+                # pick the epoch on its own 358 val faces, a noisier choice than the whole val split's.
                 "train.restore_best_weights": False,
                 "train.label_smoothing": 0.1,
                 "train.precision": "auto",
