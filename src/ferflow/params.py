@@ -190,6 +190,10 @@ class TrainParams(_Section):
     plateau_patience: Annotated[int, Field(ge=1)] = 4
     plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     early_stopping_patience: Annotated[int, Field(ge=1)] = 8
+    # Minutes of training (0: no budget): no epoch starts that would not end within them, at the pace of the
+    # median epoch so far, and the cosine decay is planned over the epochs that fit (re-planned each epoch,
+    # logged as planned_epochs); epochs stays the most it runs. The epoch count then depends on the machine.
+    time_budget_minutes: Annotated[float, Field(ge=0.0, le=100000.0)] = 0.0
     # true: the saved weights are the epoch's with the lowest val loss; false: the last epoch's, the point a
     # cosine schedule is built to end on (val loss can turn up while val accuracy still rises)
     restore_best_weights: bool = True

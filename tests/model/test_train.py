@@ -24,10 +24,13 @@ from ferflow.models.layers import load_keras_model
 from ferflow.models.serving import class_names_of, load_logged_model
 from ferflow.models.training import (
     BestWeights,
+    TimeBudget,
     averaging_momentum,
     compiled_model,
+    cosine_learning_rate,
     keep_averaged_if_better,
     one_hot,
+    planned_epochs,
     predict_proba,
     seed_everything,
     to_inputs,
@@ -183,6 +186,50 @@ def test_the_weight_average_replaces_the_epochs_weights_only_when_its_val_loss_i
     assert abs(lower["val_loss"] - trained_loss) > 1e-4  # the average is other weights
     # the average comes with the last epoch's batch-norm statistics, not those of the epoch it replaces
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best.at_end, strict=True))
+
+
+def test_a_time_budget_plans_the_epochs_that_fit_at_the_median_pace():
+    settings = parse_params(tiny_params(train={"epochs": 50, "time_budget_minutes": 10})).train
+    assert planned_epochs(settings, 0, []) == 50  # nothing timed yet: the most it may run
+    # 600 s budget, 240 s spent; one slow epoch (120 s) does not move the median pace of 60 s: 6 more fit
+    assert planned_epochs(settings, 3, [60, 60, 120]) == 3 + 6
+    assert planned_epochs(settings, 9, [60.0] * 9 + [59.0]) == 9  # 1 s left: no epoch fits
+    assert planned_epochs(settings, 2, [1.0, 1.0]) == 50  # never more than train.epochs
+    assert planned_epochs(settings.model_copy(update={"time_budget_minutes": 0}), 3, [60, 60, 60]) == 50
+
+
+def test_a_time_budget_stops_training_and_ends_the_cosine_where_the_time_runs_out(synthetic_arrays):
+    images, labels, _ = synthetic_arrays
+    settings = parse_params(tiny_params(train={"epochs": 40, "learning_rate": 0.01, "warmup_epochs": 1,
+                                               "time_budget_minutes": 5})).train  # fmt: skip
+    ticks = iter(range(0, 10_000, 30))  # every epoch takes 60 s on this clock: begin, end 30 s later, ...
+    budget = TimeBudget(settings, spent=[60.0], clock=lambda: 2 * next(ticks))  # one epoch ran before a resume
+    seed_everything(0)
+    model = compiled_model(parse_params(tiny_params()), 7)
+    history = model.fit(to_inputs(images[:64]), one_hot(labels[:64], 7), batch_size=64, epochs=40,
+                        initial_epoch=1, verbose=0, callbacks=[budget, budget.stopper])  # fmt: skip
+    # 5 minutes at 60 s an epoch is 5 epochs, the first of them before the resume
+    assert history.epoch == [1, 2, 3, 4]
+    assert history.history["planned_epochs"] == [5.0] * 4
+    expected = [cosine_learning_rate(settings, epoch, 5) for epoch in (1, 2, 3, 4)]
+    assert history.history["learning_rate"] == pytest.approx(expected, rel=1e-6)
+    assert expected[-1] < 0.2 * settings.learning_rate  # the decay ran its course in the budget
+    assert cosine_learning_rate(settings, 4, 40) > 0.9 * settings.learning_rate  # where epochs: 40 would be
+
+
+def test_the_train_stage_stops_within_its_time_budget_and_logs_the_plan(repo, capsys):
+    facts = run_train(repo, train={"epochs": 100, "time_budget_minutes": 0.1, "early_stopping_patience": 100})
+    history = read_json(repo / "history.json")
+    assert 1 <= facts.epochs_run == len(history) < 100
+    seconds = [row["epoch_seconds"] for row in history]
+    # every epoch after the first started only with a median epoch's time left in the 6 s (the budget times
+    # whole epochs, callbacks included, so the history's epoch_seconds, timed inside them, are no longer)
+    for done in range(1, len(seconds)):
+        assert sum(seconds[:done]) + float(np.median(seconds[:done])) <= 6.0
+    assert history[-1]["planned_epochs"] >= len(history)
+    logged = client_for(repo).get_metric_history(facts.run_id, "planned_epochs")
+    assert [int(metric.value) for metric in logged] == [int(row["planned_epochs"]) for row in history]
+    assert f"train: vgg, {len(history)} epochs within the 0.1-minute budget" in capsys.readouterr().out
 
 
 def saved_val_loss(repo: Path) -> float:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,17 +99,81 @@ def averaging_momentum(ema_epochs: float, steps_per_epoch: int) -> float:
     return 1.0 - 1.0 / max(ema_epochs * steps_per_epoch, 1.0)
 
 
+def cosine_learning_rate(settings: TrainParams, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` in a run of ``epochs``: linear warm-up over ``warmup_epochs``, then
+    cosine decay towards zero at ``epochs``."""
+    if epoch < settings.warmup_epochs:
+        return settings.learning_rate * (epoch + 1) / (settings.warmup_epochs + 1)
+    span = max(epochs - settings.warmup_epochs, 1)
+    progress = min((epoch - settings.warmup_epochs) / span, 1.0)
+    return 0.5 * settings.learning_rate * (1 + math.cos(math.pi * progress))
+
+
 def cosine_with_warmup(settings: TrainParams):
-    """Epoch -> learning rate: linear warm-up over ``warmup_epochs``, then cosine decay to zero at ``epochs``."""
+    """Epoch -> learning rate of the cosine schedule over ``train.epochs`` (Keras' ``LearningRateScheduler``)."""
 
     def learning_rate(epoch: int, _current: float = 0.0) -> float:
-        if epoch < settings.warmup_epochs:
-            return settings.learning_rate * (epoch + 1) / (settings.warmup_epochs + 1)
-        span = max(settings.epochs - settings.warmup_epochs, 1)
-        progress = (epoch - settings.warmup_epochs) / span
-        return 0.5 * settings.learning_rate * (1 + math.cos(math.pi * progress))
+        return cosine_learning_rate(settings, epoch, settings.epochs)
 
     return learning_rate
+
+
+def planned_epochs(settings: TrainParams, done: int, durations: Sequence[float]) -> int:
+    """How many epochs a run with ``train.time_budget_minutes`` trains in all, once ``done`` have finished and
+    the epochs so far took ``durations`` seconds (resumed runs included): those done, plus as many more as fit
+    in the time left at the median epoch's pace (robust to one slow epoch on a shared machine), at most
+    ``train.epochs``. Without a budget, or before any epoch was timed: ``train.epochs``."""
+    if not settings.time_budget_minutes or not durations:
+        return settings.epochs
+    left = settings.time_budget_minutes * 60.0 - float(sum(durations))
+    more = max(int(left // float(np.median(durations))), 0)
+    return min(settings.epochs, done + more)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """``train.time_budget_minutes``: training stops before an epoch that would not fit in the budget, and with
+    the cosine schedule the decay is planned over the epochs that fit, re-planned before every epoch, so the
+    learning rate reaches its end on any machine instead of being cut off part-way. Each epoch logs the plan its
+    learning rate came from as ``planned_epochs``. ``spent``: the epochs' seconds before a resume.
+
+    This callback goes first (it sets the learning rate, and its logs reach the history and MLflow);
+    ``stopper`` goes last, so that an epoch's time includes every callback's work (saving the best weights,
+    the backup, logging) and the budget counts the whole of training."""
+
+    def __init__(self, settings: TrainParams, spent: Sequence[float] = (),
+                 clock: Callable[[], float] = time.perf_counter):  # fmt: skip
+        super().__init__()
+        self.settings = settings
+        self.durations = [float(seconds) for seconds in spent]
+        self.clock = clock
+        self.started = 0.0
+        self.plan = settings.epochs
+        self.stopper = _TimeBudgetStop(self)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = self.clock()
+        self.plan = max(planned_epochs(self.settings, epoch, self.durations), epoch + 1)
+        if self.settings.schedule == "cosine":
+            self.model.optimizer.learning_rate = cosine_learning_rate(self.settings, epoch, self.plan)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["planned_epochs"] = float(self.plan)
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class _TimeBudgetStop(keras.callbacks.Callback):
+    """The last callback of a budgeted ``fit``: times the epoch and stops training when no other one fits."""
+
+    def __init__(self, budget: TimeBudget):
+        super().__init__()
+        self.budget = budget
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        budget = self.budget
+        budget.durations.append(budget.clock() - budget.started)
+        if planned_epochs(budget.settings, epoch + 1, budget.durations) <= epoch + 1:
+            self.model.stop_training = True
 
 
 def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -241,15 +305,19 @@ class BestWeights(keras.callbacks.Callback):
             self.model.load_weights(str(self.path))
 
 
-def schedule_callbacks(settings: TrainParams) -> list[keras.callbacks.Callback]:
+def schedule_callbacks(settings: TrainParams, spent: Sequence[float] = ()) -> list[keras.callbacks.Callback]:
+    """Early stopping and the learning-rate schedule; with a time budget, the budget (which also plans the
+    cosine decay; its ``stopper`` must go last in ``fit``). ``spent``: the epochs' seconds before a resume."""
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience),
     ]
+    if settings.time_budget_minutes:
+        callbacks.append(TimeBudget(settings, spent))
     if settings.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=settings.plateau_factor, patience=settings.plateau_patience, min_lr=1e-6
         ))  # fmt: skip
-    else:
+    elif not settings.time_budget_minutes:
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine_with_warmup(settings)))
     return callbacks
 
@@ -299,10 +367,12 @@ def fit(
     best_weights: Path | None = None,
     model: keras.Model | None = None,
     verbose: int | None = None,
+    spent_seconds: Sequence[float] = (),
 ) -> FitResult:
     """Train with the ``train`` recipe and return the model holding the weights it keeps: the best epoch's
     (lowest val_loss) or the last epoch's (``train.restore_best_weights``), or their moving average when its
-    val loss is lower (``train.ema_epochs``)."""
+    val loss is lower (``train.ema_epochs``). ``spent_seconds``: the epochs' seconds before a resume, which
+    ``train.time_budget_minutes`` counts."""
     settings = params.train
     model = model if model is not None else compiled_model(params, n_classes)
     best = BestWeights(best_weights, restore=settings.restore_best_weights)
@@ -321,11 +391,13 @@ def fit(
                                     settings.seed)}  # fmt: skip
         usable = len(val_images) - len(val_images) % devices  # val scores leave out at most devices-1 faces
         validation = (validation[0][:usable], validation[1][:usable])
+    schedule = schedule_callbacks(settings, spent_seconds)
     started = time.perf_counter()
     fitted = model.fit(
         **inputs, validation_data=validation,
         epochs=settings.epochs, batch_size=None if devices > 1 else settings.batch_size, shuffle=True,
-        callbacks=[*schedule_callbacks(settings), best, *extra_callbacks],  # best is saved before any backup
+        # best is saved before any backup; a time budget times the whole epoch, every callback included
+        callbacks=[*schedule, best, *extra_callbacks, *(c.stopper for c in schedule if isinstance(c, TimeBudget))],
         # One line per epoch in a log file or CI; the live bar only on a terminal.
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )  # fmt: skip

@@ -103,7 +103,7 @@ def run(
             averaged = fit(
                 params, train["images"], train["labels"], clean["images"][is_val], clean["labels"][is_val], n_classes,
                 extra_callbacks=checkpoint.callbacks(tracking.epoch_logger()), best_weights=checkpoint.best_weights,
-                model=model,
+                model=model, spent_seconds=[row["epoch_seconds"] for row in checkpoint.previous_history()],
             ).averaged  # fmt: skip
             checkpoint.mark_fit_finished(model, averaged)
         history = checkpoint.previous_history()
@@ -166,8 +166,10 @@ def run(
         f"val_loss {averaged['val_loss']:.4f} against {kept_row['val_loss']:.4f} for {epoch}: "
         + (f"saved instead of {epoch}" if weights == "averaged" else f"not lower, {epoch} is saved")
     )  # fmt: skip
+    budget = params.train.time_budget_minutes
+    within = f" within the {budget:g}-minute budget" if budget and len(history) < params.train.epochs else ""
     print(
-        f"train: {spec.architecture}, {len(history)} epochs (best {best['epoch'] + 1}: val_accuracy "
+        f"train: {spec.architecture}, {len(history)} epochs{within} (best {best['epoch'] + 1}: val_accuracy "
         f"{best.get('val_accuracy', float('nan')):.3f}){average} in {seconds:.0f} s; MLflow run {facts.run_id} "
         f"-> {model_out}"
     )
