@@ -100,7 +100,8 @@ def _export(args: argparse.Namespace, params: Params) -> int:
     from ferflow.export import export_command
 
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
-    return export_command(args.model, params.registry.model_name, args.out, formats, args.repo_root)
+    return export_command(args.model, params.registry.model_name, args.out, formats, args.repo_root,
+                          args.calibration)  # fmt: skip
 
 
 def _recipe(args: argparse.Namespace, params: Params) -> int:
@@ -251,7 +252,11 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
     export.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a .keras file "
                         "(default: the champion of register.model_name)")  # fmt: skip
     export.add_argument("--out", type=Path, default=root / "exports", help="output folder (default: exports)")
-    export.add_argument("--formats", default="onnx,litert", help="comma-separated: onnx, litert (default: both)")
+    export.add_argument("--formats", default="onnx,litert",
+                        help="comma-separated: onnx, litert, onnx-int8 (default: onnx,litert)")
+    export.add_argument("--calibration", type=Path,
+                        help="onnx-int8: the clean.npz whose val faces calibrate and check it "
+                             "(default: data/processed/clean.npz)")  # fmt: skip
     export.set_defaults(handler=_export)
 
     recipe = stage("recipe", help="named params recipes for real FER-2013 (cpu-fast, cpu-full, gpu)")

@@ -6,6 +6,12 @@ same faces as the Keras model (onnxruntime; TensorFlow's LiteRT interpreter) and
 differs by more than ``TOLERANCE``; nothing is written then. The files, with ``export.json`` (class names, the
 largest difference, images per second of each), go to the output folder and, for a registered version, into
 its run's artifacts under ``export/`` with a tag on the version.
+
+``onnx-int8`` is the ONNX file quantised by ONNX Runtime (static, int8 weights per channel and int8
+activations, QDQ), calibrated on val faces of the validate stage's ``clean.npz`` (never test faces). Its
+probabilities cannot match to 1e-4, so it is checked on other val faces instead: refused if its val accuracy
+there is more than ``INT8_MAX_ACCURACY_DROP`` below the float32 file's; both, and how often their top-1 classes
+agree, are reported.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from ferflow.errors import FerflowError, first_line
 from ferflow.schema import IMAGE_SIZE
 
 TOLERANCE = 1e-4
-FORMATS = {"onnx": "model.onnx", "litert": "model.tflite"}
+INT8_MAX_ACCURACY_DROP = 0.01  # the int8 file may lose at most 1 point of val accuracy against float32
+CALIBRATION_FACES = 512  # val faces the int8 activation ranges are calibrated on
+INT8_CHECK_FACES = 2000  # at most this many other val faces check it
+FORMATS = {"onnx": "model.onnx", "litert": "model.tflite", "onnx-int8": "model.int8.onnx"}
 
 
 class ExportError(FerflowError):
@@ -37,6 +46,48 @@ class Exported:
     file: str
     max_abs_difference: float
     images_per_second: float
+    # onnx-int8 only: how it was calibrated and checked on val faces
+    calibration_faces: int | None = None
+    check_faces: int | None = None
+    top1_agreement: float | None = None
+    val_accuracy: float | None = None
+    float32_val_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class ValFaces:
+    """Val faces (uint8, N x 48 x 48) and their labels, to calibrate and check an int8 export on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+    class_names: tuple[str, ...] = ()  # in label order
+
+    def split(self, calibration: int = CALIBRATION_FACES, check: int = INT8_CHECK_FACES, seed: int = 0):
+        """Disjoint calibration and check faces (as float32 raw faces, N x 48 x 48 x 1), and the check labels;
+        a fixed shuffle so that the same val split gives the same file."""
+        order = np.random.default_rng(seed).permutation(len(self.labels))
+        calibrate = order[: min(calibration, len(order) // 2)]
+        rest = order[len(calibrate) :][:check]
+        as_inputs = lambda rows: self.images[rows].astype(np.float32)[..., None]  # noqa: E731
+        return as_inputs(calibrate), as_inputs(rest), self.labels[rest]
+
+
+def read_val_faces(path: Path) -> ValFaces:
+    """The val split of a validated ``clean.npz``; a clear error when it is missing or has too few faces."""
+    from ferflow.io import CLEAN_KEYS, read_npz
+
+    if not path.is_file():
+        raise ExportError(f"onnx-int8 is calibrated on val faces: {path} not found (run the validate stage, or "
+                          "pass --calibration with a clean.npz)")  # fmt: skip
+    try:
+        clean = read_npz(path, CLEAN_KEYS)
+    except FerflowError as exc:
+        raise ExportError(f"onnx-int8 calibration: {first_line(exc)}") from None
+    is_val = clean["splits"] == "val"
+    if is_val.sum() < 20:
+        raise ExportError(f"onnx-int8 calibration: {path} has {int(is_val.sum())} val faces; at least 20 are needed")
+    return ValFaces(clean["images"][is_val], clean["labels"][is_val], str(path), tuple(map(str, clean["class_names"])))
 
 
 def _check_faces(count: int = 64) -> np.ndarray:
@@ -90,7 +141,44 @@ def _litert_runner(path: Path):
     return run
 
 
-RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner}
+RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner, "onnx-int8": _onnx_runner}
+
+
+def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> None:
+    """``float_file`` quantised by ONNX Runtime into ``out_file``: static int8, weights per channel, activation
+    ranges from ``calibration`` (inputs as the file takes them), QDQ format (what ONNX Runtime fuses into int8
+    kernels on x86 and ARM CPUs)."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    input_name = onnxruntime.InferenceSession(str(float_file), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{input_name: calibration[i : i + 64]} for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out_file.with_name(f"prepared.{out_file.name}")
+    try:
+        # folds constants and infers shapes first, as ONNX Runtime advises (its symbolic pass needs sympy)
+        quant_pre_process(str(float_file), str(prepared), skip_symbolic_shape=True)
+        # The softmax stays float32: in int8 the probabilities would come in steps of 1/255, close classes would
+        # tie, and they would no longer sum to 1.
+        softmax = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Softmax"]
+        quantize_static(str(prepared), str(out_file), Batches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=softmax)  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)
 
 
 def _missing(name: str, exc: ImportError) -> ExportError:
@@ -105,13 +193,19 @@ def check_formats(formats: list[str]) -> None:
         raise ExportError(f"--formats: no format named; known: {', '.join(FORMATS)}")
 
 
-def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
-    """Export ``model`` (a self-contained Keras model) to ``out_dir`` in each of ``formats``; all or nothing."""
+def run(model, out_dir: Path, formats: list[str], val_faces: ValFaces | None = None) -> dict[str, Any]:
+    """Export ``model`` (a self-contained Keras model) to ``out_dir`` in each of ``formats``; all or nothing.
+    ``onnx-int8`` needs ``val_faces`` to calibrate and check it on."""
     from ferflow.models.serving import class_names_of, compute_precisions, in_float32, servable, takes_raw_faces
 
     check_formats(formats)
+    if "onnx-int8" in formats and val_faces is None:
+        raise ExportError("onnx-int8 is calibrated on val faces: none were given")
     if not takes_raw_faces(model):
         model = servable(model, class_names_of(model))  # a model saved before the contract: wrap it
+    if "onnx-int8" in formats and (labelled := list(val_faces.class_names)) != class_names_of(model):
+        raise ExportError(f"onnx-int8: the val faces of {val_faces.source} are labelled {labelled}, the model "
+                          f"predicts {class_names_of(model)}: use the clean.npz it was trained with")  # fmt: skip
     faces = _check_faces()
     as_trained, keras_speed = _timed(lambda x: model.predict(x, batch_size=256, verbose=0), faces)
     trained_precisions = compute_precisions(model)
@@ -125,8 +219,14 @@ def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
         "float32_vs_trained_max_abs_difference": float(np.abs(np.asarray(reference) - as_trained).max()),
         "keras_images_per_second": round(keras_speed, 1), "exports": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as staging:
-        for name in formats:
+        # onnx-int8 is made from the float32 ONNX file, exported (and checked) first even when not asked for
+        wanted = sorted(set(formats) | ({"onnx"} if "onnx-int8" in formats else set()), key=list(FORMATS).index)
+        for name in wanted:
             path = Path(staging) / FORMATS[name]
+            if name == "onnx-int8":
+                report["exports"].append(asdict(_int8_export(Path(staging) / FORMATS["onnx"], path, val_faces,
+                                                             faces, reference)))  # fmt: skip
+                continue
             try:
                 model.export(str(path), format=name, verbose=False)
             except ImportError as exc:
@@ -145,25 +245,60 @@ def run(model, out_dir: Path, formats: list[str]) -> dict[str, Any]:
                 raise ExportError(f"{name}: its outputs differ from the Keras model's by {difference:.2e} "
                                   f"(more than {TOLERANCE:g}); nothing was written")  # fmt: skip
             report["exports"].append(asdict(Exported(name, FORMATS[name], difference, round(speed, 1))))
+        report["exports"] = [item for item in report["exports"] if item["format"] in formats]
         (Path(staging) / "export.json").write_text(json.dumps(report, indent=2) + "\n")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            for item in Path(staging).iterdir():
-                shutil.copy2(item, out_dir / item.name)
+            for item in [*report["exports"], {"file": "export.json"}]:
+                shutil.copy2(Path(staging) / item["file"], out_dir / item["file"])
         except OSError as exc:
             raise ExportError(f"{out_dir}: cannot write the exports ({exc.strerror or exc})") from None
     return report
 
 
-def export_command(model_uri: str | None, model_name: str, out_dir: Path, formats: list[str], repo_root: Path) -> int:
+def _int8_export(float_file: Path, path: Path, val_faces: ValFaces, faces: np.ndarray,
+                 reference: np.ndarray) -> Exported:  # fmt: skip
+    """Quantise the checked float32 ONNX file and check the int8 one on val faces it was not calibrated on."""
+    calibration, check, labels = val_faces.split()
+    try:
+        quantize_onnx(float_file, path, calibration)
+        run_int8 = _onnx_runner(path)
+        outputs, speed = _timed(run_int8, faces)
+        int8_top = np.argmax(np.concatenate([run_int8(check[i : i + 256]) for i in range(0, len(check), 256)]), 1)
+    except ImportError as exc:
+        raise _missing("onnx-int8", exc) from None
+    except Exception as exc:  # noqa: BLE001 - the quantiser and the runtime raise anything
+        raise ExportError(f"onnx-int8: quantisation failed: {first_line(exc)}; nothing was written") from None
+    run_float = _onnx_runner(float_file)
+    float_top = np.argmax(np.concatenate([run_float(check[i : i + 256]) for i in range(0, len(check), 256)]), 1)
+    agreement = float((int8_top == float_top).mean())
+    int8_accuracy, float_accuracy = float((int8_top == labels).mean()), float((float_top == labels).mean())
+    if float_accuracy - int8_accuracy > INT8_MAX_ACCURACY_DROP:
+        raise ExportError(f"onnx-int8: val accuracy {int8_accuracy:.4f} against {float_accuracy:.4f} in float32 on "
+                          f"{len(check)} val faces of {val_faces.source}: it loses more than "
+                          f"{INT8_MAX_ACCURACY_DROP:.2f}; nothing was written")  # fmt: skip
+    return Exported(
+        "onnx-int8", FORMATS["onnx-int8"], float(np.abs(outputs - reference).max()), round(speed, 1),
+        calibration_faces=len(calibration), check_faces=len(check), top1_agreement=round(agreement, 4),
+        val_accuracy=round(int8_accuracy, 4), float32_val_accuracy=round(float_accuracy, 4),
+    )  # fmt: skip
+
+
+def export_command(model_uri: str | None, model_name: str, out_dir: Path, formats: list[str], repo_root: Path,
+                   calibration: Path | None = None) -> int:  # fmt: skip
     from ferflow import tracking
     from ferflow.inference import load_model
+    from ferflow.paths import CLEAN_ARRAYS
 
     check_formats(formats)  # before a model is loaded or anything is written or logged
+    val_faces = read_val_faces(calibration or repo_root / CLEAN_ARRAYS) if "onnx-int8" in formats else None
     loaded = load_model(model_uri, model_name, repo_root)
-    report = run(loaded.model, out_dir, formats)
+    report = run(loaded.model, out_dir, formats, val_faces)
     for item in report["exports"]:
-        print(f"export: {out_dir / item['file']}: max |difference| {item['max_abs_difference']:.1e} vs Keras; "
+        checked = (f"top-1 class kept on {item['top1_agreement']:.1%} of {item['check_faces']} val faces, val "
+                   f"accuracy {item['val_accuracy']:.4f} (float32 {item['float32_val_accuracy']:.4f})"
+                   if item["format"] == "onnx-int8" else f"max |difference| {item['max_abs_difference']:.1e} vs Keras")
+        print(f"export: {out_dir / item['file']}: {checked}; "
               f"{item['images_per_second']:.0f} images/s (Keras {report['keras_images_per_second']:.0f})")  # fmt: skip
     if loaded.uri.startswith("models:/"):
         name, version = loaded.uri.removeprefix("models:/").split("/")
