@@ -229,7 +229,7 @@ def test_the_train_stage_stops_within_its_time_budget_and_logs_the_plan(repo, ca
     assert history[-1]["planned_epochs"] >= len(history)
     logged = client_for(repo).get_metric_history(facts.run_id, "planned_epochs")
     assert [int(metric.value) for metric in logged] == [int(row["planned_epochs"]) for row in history]
-    assert f"train: vgg, {len(history)} epochs within the 0.1-minute budget" in capsys.readouterr().out
+    assert f"train: vgg, {len(history)} epochs in a 0.1-minute budget" in capsys.readouterr().out
 
 
 def saved_val_loss(repo: Path) -> float:

@@ -167,7 +167,7 @@ def run(
         + (f"saved instead of {epoch}" if weights == "averaged" else f"not lower, {epoch} is saved")
     )  # fmt: skip
     budget = params.train.time_budget_minutes
-    within = f" within the {budget:g}-minute budget" if budget and len(history) < params.train.epochs else ""
+    within = f" in a {budget:g}-minute budget" if budget else ""
     print(
         f"train: {spec.architecture}, {len(history)} epochs{within} (best {best['epoch'] + 1}: val_accuracy "
         f"{best.get('val_accuracy', float('nan')):.3f}){average} in {seconds:.0f} s; MLflow run {facts.run_id} "
