@@ -91,7 +91,7 @@ def onnx_images_per_second(model, inputs: np.ndarray, folder: Path, name: str) -
 def int8_onnx_scores(folder: Path, name: str, calibration: np.ndarray, inputs: np.ndarray,
                      labels: np.ndarray) -> tuple[float, float, float]:  # fmt: skip
     """``folder/name.onnx`` (from ``onnx_images_per_second``) quantised to int8 as ``ferflow export --formats
-    onnx-int8`` does, calibrated on ``calibration`` (val faces, as the file takes them): its images/s in
+    onnx-int8`` does, calibrated on ``calibration`` (training faces, as the file takes them): its images/s in
     batches of 256, and its test accuracy and macro-F1 on ``inputs``."""
     from ferflow.export import RUNNERS, quantize_onnx
 
@@ -204,11 +204,10 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
         # float32 for both: ONNX cannot carry a mixed-bfloat16 model's layer policies (ferflow export does this)
         our_onnx_speed = onnx_images_per_second(in_float32(ours), our_inputs, Path(folder), "ours")
         fer_onnx_speed = onnx_images_per_second(fer, fer_inputs(faces), Path(folder), "fer")
-        # int8 for both, calibrated on the same val faces (ferflow export's split: never test faces)
-        from ferflow.export import ValFaces
+        # int8 for both, calibrated on the same training faces as ferflow export's
+        from ferflow.export import read_int8_faces
 
-        is_val = clean["splits"] == "val"
-        calibration, _, _ = ValFaces(clean["images"][is_val], clean["labels"][is_val], "val").split()
+        calibration = read_int8_faces(work / "data/processed/clean.npz").calibration
         our_int8 = int8_onnx_scores(Path(folder), "ours", calibration, our_inputs, labels)
         fer_int8 = int8_onnx_scores(Path(folder), "fer", fer_inputs(calibration[..., 0].astype(np.uint8)),
                                     fer_inputs(faces), labels)  # fmt: skip
@@ -239,7 +238,7 @@ def report(name: str, work: Path, dag_seconds: float | None, fer_file: Path, pho
               "| - | - |")  # fmt: skip
     print(f"\ninference in ONNX Runtime (both exported in float32, batches of 256): {our_onnx_speed:.0f} vs "
           f"{fer_onnx_speed:.0f} images/s for fer: {our_onnx_speed / fer_onnx_speed:.2f}x")  # fmt: skip
-    print(f"inference in ONNX Runtime in int8 (static, calibrated on {len(calibration)} val faces, as `ferflow "
+    print(f"inference in ONNX Runtime in int8 (static, calibrated on {len(calibration)} training faces, as `ferflow "
           f"export --formats onnx-int8`): {our_int8[0]:.0f} images/s, test accuracy {our_int8[1]:.4f} (float32 "
           f"{our_acc:.4f}), macro-F1 {our_int8[2]:.4f}; fer in int8 the same way: {fer_int8[0]:.0f} images/s, "
           f"accuracy {fer_int8[1]:.4f}. Ours in int8 against fer: {our_int8[0] / fer_speed:.2f}x its Keras, "

@@ -255,8 +255,8 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
     export.add_argument("--formats", default="onnx,litert",
                         help="comma-separated: onnx, litert, onnx-int8 (default: onnx,litert)")
     export.add_argument("--calibration", type=Path,
-                        help="onnx-int8: the clean.npz whose val faces calibrate and check it "
-                             "(default: data/processed/clean.npz)")  # fmt: skip
+                        help="onnx-int8: the clean.npz whose training faces calibrate it and whose val faces "
+                             "check it (default: data/processed/clean.npz)")  # fmt: skip
     export.set_defaults(handler=_export)
 
     recipe = stage("recipe", help="named params recipes for real FER-2013 (cpu-fast, cpu-full, gpu)")

@@ -8,10 +8,10 @@ largest difference, images per second of each), go to the output folder and, for
 its run's artifacts under ``export/`` with a tag on the version.
 
 ``onnx-int8`` is the ONNX file quantised by ONNX Runtime (static, int8 weights per channel and int8
-activations, QDQ), calibrated on val faces of the validate stage's ``clean.npz`` (never test faces). Its
-probabilities cannot match to 1e-4, so it is checked on other val faces instead: refused if its val accuracy
-there is more than ``INT8_MAX_ACCURACY_DROP`` below the float32 file's; both, and how often their top-1 classes
-agree, are reported.
+activations, QDQ), calibrated on training faces of the validate stage's ``clean.npz``. Its probabilities cannot
+match to 1e-4, so it is checked on that file's val faces instead (never test faces): refused if its val
+accuracy is more than ``INT8_MAX_ACCURACY_DROP`` below the float32 file's; both, and how often their top-1
+classes agree, are reported.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from ferflow.schema import IMAGE_SIZE
 
 TOLERANCE = 1e-4
 INT8_MAX_ACCURACY_DROP = 0.01  # the int8 file may lose at most 1 point of val accuracy against float32
-CALIBRATION_FACES = 512  # val faces the int8 activation ranges are calibrated on
-INT8_CHECK_FACES = 2000  # at most this many other val faces check it
+CALIBRATION_FACES = 512  # training faces the int8 activation ranges are calibrated on
+INT8_CHECK_FACES = 2000  # at most this many val faces check it
 FORMATS = {"onnx": "model.onnx", "litert": "model.tflite", "onnx-int8": "model.int8.onnx"}
 
 
@@ -46,7 +46,7 @@ class Exported:
     file: str
     max_abs_difference: float
     images_per_second: float
-    # onnx-int8 only: how it was calibrated and checked on val faces
+    # onnx-int8 only: how many training faces calibrated it, and its check on val faces
     calibration_faces: int | None = None
     check_faces: int | None = None
     top1_agreement: float | None = None
@@ -55,39 +55,41 @@ class Exported:
 
 
 @dataclass(frozen=True)
-class ValFaces:
-    """Val faces (uint8, N x 48 x 48) and their labels, to calibrate and check an int8 export on."""
+class Int8Faces:
+    """What an int8 export is calibrated and checked on: training faces for the activation ranges, and val faces
+    (with labels) to check the file, as raw float32 faces (N x 48 x 48 x 1). Never test faces."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    calibration: np.ndarray
+    check: np.ndarray
+    check_labels: np.ndarray
+    class_names: tuple[str, ...]  # in label order
     source: str
-    class_names: tuple[str, ...] = ()  # in label order
-
-    def split(self, calibration: int = CALIBRATION_FACES, check: int = INT8_CHECK_FACES, seed: int = 0):
-        """Disjoint calibration and check faces (as float32 raw faces, N x 48 x 48 x 1), and the check labels;
-        a fixed shuffle so that the same val split gives the same file."""
-        order = np.random.default_rng(seed).permutation(len(self.labels))
-        calibrate = order[: min(calibration, len(order) // 2)]
-        rest = order[len(calibrate) :][:check]
-        as_inputs = lambda rows: self.images[rows].astype(np.float32)[..., None]  # noqa: E731
-        return as_inputs(calibrate), as_inputs(rest), self.labels[rest]
 
 
-def read_val_faces(path: Path) -> ValFaces:
-    """The val split of a validated ``clean.npz``; a clear error when it is missing or has too few faces."""
+def read_int8_faces(path: Path, seed: int = 0) -> Int8Faces:
+    """``CALIBRATION_FACES`` train-split faces and up to ``INT8_CHECK_FACES`` val faces of a validated
+    ``clean.npz``, drawn with a fixed shuffle (the same file gives the same export); a clear error when the
+    file is missing or has too few of either."""
     from ferflow.io import CLEAN_KEYS, read_npz
 
     if not path.is_file():
-        raise ExportError(f"onnx-int8 is calibrated on val faces: {path} not found (run the validate stage, or "
-                          "pass --calibration with a clean.npz)")  # fmt: skip
+        raise ExportError(f"onnx-int8 is calibrated on training faces and checked on val faces: {path} not found "
+                          "(run the validate stage, or pass --calibration with a clean.npz)")  # fmt: skip
     try:
         clean = read_npz(path, CLEAN_KEYS)
     except FerflowError as exc:
         raise ExportError(f"onnx-int8 calibration: {first_line(exc)}") from None
-    is_val = clean["splits"] == "val"
-    if is_val.sum() < 20:
-        raise ExportError(f"onnx-int8 calibration: {path} has {int(is_val.sum())} val faces; at least 20 are needed")
-    return ValFaces(clean["images"][is_val], clean["labels"][is_val], str(path), tuple(map(str, clean["class_names"])))
+    rng = np.random.default_rng(seed)
+    chosen = {}
+    for split, most, least in (("train", CALIBRATION_FACES, 20), ("val", INT8_CHECK_FACES, 20)):
+        rows = np.flatnonzero(clean["splits"] == split)
+        if len(rows) < least:
+            raise ExportError(f"onnx-int8 calibration: {path} has {len(rows)} {split} faces; at least {least} are "
+                              "needed")  # fmt: skip
+        chosen[split] = np.sort(rng.permutation(rows)[:most])
+    as_inputs = lambda rows: clean["images"][rows].astype(np.float32)[..., None]  # noqa: E731
+    return Int8Faces(as_inputs(chosen["train"]), as_inputs(chosen["val"]), clean["labels"][chosen["val"]],
+                     tuple(map(str, clean["class_names"])), str(path))  # fmt: skip
 
 
 def _check_faces(count: int = 64) -> np.ndarray:
@@ -193,18 +195,18 @@ def check_formats(formats: list[str]) -> None:
         raise ExportError(f"--formats: no format named; known: {', '.join(FORMATS)}")
 
 
-def run(model, out_dir: Path, formats: list[str], val_faces: ValFaces | None = None) -> dict[str, Any]:
+def run(model, out_dir: Path, formats: list[str], int8_faces: Int8Faces | None = None) -> dict[str, Any]:
     """Export ``model`` (a self-contained Keras model) to ``out_dir`` in each of ``formats``; all or nothing.
-    ``onnx-int8`` needs ``val_faces`` to calibrate and check it on."""
+    ``onnx-int8`` needs ``int8_faces`` to calibrate and check it on."""
     from ferflow.models.serving import class_names_of, compute_precisions, in_float32, servable, takes_raw_faces
 
     check_formats(formats)
-    if "onnx-int8" in formats and val_faces is None:
-        raise ExportError("onnx-int8 is calibrated on val faces: none were given")
+    if "onnx-int8" in formats and int8_faces is None:
+        raise ExportError("onnx-int8 is calibrated on training faces and checked on val faces: none were given")
     if not takes_raw_faces(model):
         model = servable(model, class_names_of(model))  # a model saved before the contract: wrap it
-    if "onnx-int8" in formats and (labelled := list(val_faces.class_names)) != class_names_of(model):
-        raise ExportError(f"onnx-int8: the val faces of {val_faces.source} are labelled {labelled}, the model "
+    if "onnx-int8" in formats and (labelled := list(int8_faces.class_names)) != class_names_of(model):
+        raise ExportError(f"onnx-int8: the faces of {int8_faces.source} are labelled {labelled}, the model "
                           f"predicts {class_names_of(model)}: use the clean.npz it was trained with")  # fmt: skip
     faces = _check_faces()
     as_trained, keras_speed = _timed(lambda x: model.predict(x, batch_size=256, verbose=0), faces)
@@ -224,7 +226,7 @@ def run(model, out_dir: Path, formats: list[str], val_faces: ValFaces | None = N
         for name in wanted:
             path = Path(staging) / FORMATS[name]
             if name == "onnx-int8":
-                report["exports"].append(asdict(_int8_export(Path(staging) / FORMATS["onnx"], path, val_faces,
+                report["exports"].append(asdict(_int8_export(Path(staging) / FORMATS["onnx"], path, int8_faces,
                                                              faces, reference)))  # fmt: skip
                 continue
             try:
@@ -256,10 +258,10 @@ def run(model, out_dir: Path, formats: list[str], val_faces: ValFaces | None = N
     return report
 
 
-def _int8_export(float_file: Path, path: Path, val_faces: ValFaces, faces: np.ndarray,
+def _int8_export(float_file: Path, path: Path, int8_faces: Int8Faces, faces: np.ndarray,
                  reference: np.ndarray) -> Exported:  # fmt: skip
-    """Quantise the checked float32 ONNX file and check the int8 one on val faces it was not calibrated on."""
-    calibration, check, labels = val_faces.split()
+    """Quantise the checked float32 ONNX file, calibrated on training faces, and check the int8 one on val faces."""
+    calibration, check, labels = int8_faces.calibration, int8_faces.check, int8_faces.check_labels
     try:
         quantize_onnx(float_file, path, calibration)
         run_int8 = _onnx_runner(path)
@@ -275,7 +277,7 @@ def _int8_export(float_file: Path, path: Path, val_faces: ValFaces, faces: np.nd
     int8_accuracy, float_accuracy = float((int8_top == labels).mean()), float((float_top == labels).mean())
     if float_accuracy - int8_accuracy > INT8_MAX_ACCURACY_DROP:
         raise ExportError(f"onnx-int8: val accuracy {int8_accuracy:.4f} against {float_accuracy:.4f} in float32 on "
-                          f"{len(check)} val faces of {val_faces.source}: it loses more than "
+                          f"{len(check)} val faces of {int8_faces.source}: it loses more than "
                           f"{INT8_MAX_ACCURACY_DROP:.2f}; nothing was written")  # fmt: skip
     return Exported(
         "onnx-int8", FORMATS["onnx-int8"], float(np.abs(outputs - reference).max()), round(speed, 1),
@@ -291,9 +293,9 @@ def export_command(model_uri: str | None, model_name: str, out_dir: Path, format
     from ferflow.paths import CLEAN_ARRAYS
 
     check_formats(formats)  # before a model is loaded or anything is written or logged
-    val_faces = read_val_faces(calibration or repo_root / CLEAN_ARRAYS) if "onnx-int8" in formats else None
+    int8_faces = read_int8_faces(calibration or repo_root / CLEAN_ARRAYS) if "onnx-int8" in formats else None
     loaded = load_model(model_uri, model_name, repo_root)
-    report = run(loaded.model, out_dir, formats, val_faces)
+    report = run(loaded.model, out_dir, formats, int8_faces)
     for item in report["exports"]:
         checked = (f"top-1 class kept on {item['top1_agreement']:.1%} of {item['check_faces']} val faces, val "
                    f"accuracy {item['val_accuracy']:.4f} (float32 {item['float32_val_accuracy']:.4f})"

@@ -21,9 +21,9 @@ from ferflow import export as export_module
 from ferflow import tracking
 from ferflow.cli import main
 from ferflow.data.synthetic import generate
-from ferflow.export import ExportError, read_val_faces
+from ferflow.export import ExportError, read_int8_faces
 from ferflow.export import run as export
-from ferflow.io import write_npz
+from ferflow.io import read_npz, write_npz
 from ferflow.models import serving
 from ferflow.models.architectures import ModelSpec, build_model
 from ferflow.models.layers import load_keras_model
@@ -153,29 +153,29 @@ def test_onnx_and_litert_exports_match_keras_and_are_timed(champion, tmp_path):
     assert np.abs(litert_proba - proba).max() <= 1e-4 and labels_of(litert_proba) == labels_of(proba)
 
 
-def write_val_faces(path: Path, count: int = 400) -> Path:
-    """A clean.npz whose val split holds synthetic faces of the champion's four classes (its order)."""
-    images, labels, _ = generate(count * 2, seed=5, progress=False)
+def write_clean_faces(path: Path, train: int = 300, val: int = 200) -> Path:
+    """A clean.npz with train and val splits of synthetic faces of the champion's four classes (its order)."""
+    images, labels, _ = generate(2 * (train + val), seed=5, progress=False)
     keep = np.isin(labels, [3, 4, 5, 6])
-    images, labels = images[keep][:count], labels[keep][:count] - 3
-    write_npz(path, images=images, labels=labels, splits=np.array(["val"] * len(labels)),
+    images, labels = images[keep][: train + val], labels[keep][: train + val] - 3
+    write_npz(path, images=images, labels=labels, splits=np.array(["train"] * train + ["val"] * val),
               class_names=np.array(CLASSES))  # fmt: skip
     return path
 
 
-def test_the_int8_onnx_export_is_calibrated_on_val_faces_and_keeps_the_float32_answers(champion, tmp_path):
+def test_the_int8_onnx_export_is_calibrated_on_training_faces_and_checked_on_val_faces(champion, tmp_path):
     import onnx
     import onnxruntime
 
     repo, faces, proba = champion
-    val = read_val_faces(write_val_faces(tmp_path / "clean.npz"))
-    report = export(load_keras_model(repo / "model.keras"), tmp_path / "out", ["onnx-int8"], val)
+    int8_faces = read_int8_faces(write_clean_faces(tmp_path / "clean.npz", train=600, val=200))
+    report = export(load_keras_model(repo / "model.keras"), tmp_path / "out", ["onnx-int8"], int8_faces)
     # the float32 file it was made from was checked, not written: only what was asked for is
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["export.json", "model.int8.onnx"]
     (item,) = report["exports"]
     assert item["format"] == "onnx-int8" and item["images_per_second"] > 0
-    # disjoint halves of the 400 val faces at most: 200 calibrate it, the other 200 check it
-    assert item["calibration_faces"] == 200 and item["check_faces"] == 200
+    # 512 of the 600 training faces calibrate it; all 200 val faces check it
+    assert item["calibration_faces"] == export_module.CALIBRATION_FACES == 512 and item["check_faces"] == 200
     assert item["float32_val_accuracy"] - item["val_accuracy"] <= export_module.INT8_MAX_ACCURACY_DROP
     assert 0.8 <= item["top1_agreement"] <= 1.0
     ops = {node.op_type for node in onnx.load(str(tmp_path / "out" / "model.int8.onnx")).graph.node}
@@ -184,25 +184,23 @@ def test_the_int8_onnx_export_is_calibrated_on_val_faces_and_keeps_the_float32_a
     int8_proba = session.run(None, {session.get_inputs()[0].name: faces[..., None].astype(np.float32)})[0]
     # the softmax is left in float32: probabilities that sum to 1, not steps of 1/255
     assert int8_proba.shape == proba.shape and np.allclose(int8_proba.sum(axis=1), 1.0, atol=1e-5)
-    assert np.abs(int8_proba - proba).max() < 0.2  # close, not to 1e-4: that is what the top-1 check is for
+    assert np.abs(int8_proba - proba).max() < 0.2  # close, not to 1e-4: that is what the val check is for
 
 
-def test_an_int8_export_that_changes_answers_or_has_no_val_faces_writes_nothing(champion, tmp_path, capsys,
-                                                                                monkeypatch):  # fmt: skip
+def test_an_int8_export_that_loses_accuracy_or_lacks_faces_writes_nothing(champion, tmp_path, capsys, monkeypatch):
     repo, _, _ = champion
     model = load_keras_model(repo / "model.keras")
-    val = read_val_faces(write_val_faces(tmp_path / "clean.npz", count=100))
+    int8_faces = read_int8_faces(write_clean_faces(tmp_path / "clean.npz", train=60, val=50))
     monkeypatch.setattr(export_module, "INT8_MAX_ACCURACY_DROP", -1.0)  # no file gains 100 points of accuracy
     with pytest.raises(ExportError, match=r"^onnx-int8: val accuracy [\d.]+ against [\d.]+ in float32 on 50 val "
                                           r"faces of .+clean.npz: it loses more than -1.00; nothing was written"):
-        export(model, tmp_path / "refused", ["onnx", "onnx-int8"], val)
+        export(model, tmp_path / "refused", ["onnx", "onnx-int8"], int8_faces)
     assert not (tmp_path / "refused").exists()  # not even the float32 file that passed its own check
-    write_npz(tmp_path / "seven.npz", images=val.images, labels=val.labels, splits=np.array(["val"] * len(val.labels)),
-              class_names=np.array(EMOTIONS))  # fmt: skip
-    seven = read_val_faces(tmp_path / "seven.npz")  # labelled in the order of all seven classes
+    clean = read_npz(tmp_path / "clean.npz")
+    write_npz(tmp_path / "seven.npz", **{**clean, "class_names": np.array(EMOTIONS)})  # all seven classes' order
     with pytest.raises(ExportError, match=r"seven.npz are labelled \['angry', .+, the model predicts \['happy', "
                                           r"'sad', 'surprise', 'neutral'\]: use the clean.npz it was trained with"):
-        export(model, tmp_path / "refused", ["onnx-int8"], seven)
+        export(model, tmp_path / "refused", ["onnx-int8"], read_int8_faces(tmp_path / "seven.npz"))
     assert not (tmp_path / "refused").exists()
 
     monkeypatch.chdir(repo)
@@ -210,13 +208,15 @@ def test_an_int8_export_that_changes_answers_or_has_no_val_faces_writes_nothing(
     out = tmp_path / "none"
     assert main(["--params", PARAMS, "export", "--formats", "onnx-int8", "--calibration", str(missing),
                  "--out", str(out)]) == 1  # fmt: skip
-    assert f"onnx-int8 is calibrated on val faces: {missing} not found" in capsys.readouterr().err
+    assert f"checked on val faces: {missing} not found" in capsys.readouterr().err
     assert not out.exists()
-    write_npz(tmp_path / "few.npz", images=np.zeros((30, 48, 48), np.uint8), labels=np.zeros(30, np.int64),
-              splits=np.array(["train"] * 25 + ["val"] * 5), class_names=np.array(CLASSES))  # fmt: skip
-    assert main(["--params", PARAMS, "export", "--formats", "onnx-int8", "--calibration", str(tmp_path / "few.npz"),
-                 "--out", str(out)]) == 1  # fmt: skip
-    assert "has 5 val faces; at least 20 are needed" in capsys.readouterr().err and not out.exists()
+    for splits, message in ((["train"] * 25 + ["val"] * 5, "has 5 val faces; at least 20 are needed"),
+                            (["val"] * 30, "has 0 train faces; at least 20 are needed")):  # fmt: skip
+        write_npz(tmp_path / "few.npz", images=np.zeros((30, 48, 48), np.uint8), labels=np.zeros(30, np.int64),
+                  splits=np.array(splits), class_names=np.array(CLASSES))  # fmt: skip
+        assert main(["--params", PARAMS, "export", "--formats", "onnx-int8", "--calibration",
+                     str(tmp_path / "few.npz"), "--out", str(out)]) == 1  # fmt: skip
+        assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_a_model_trained_in_mixed_bfloat16_exports_in_float32_and_says_so(tmp_path):
