@@ -79,13 +79,12 @@ def images_per_second(predict, inputs: np.ndarray, repeats: int = 3) -> float:
 def onnx_images_per_second(model, inputs: np.ndarray, folder: Path, name: str) -> float:
     """``model`` exported to ONNX by Keras (as ``ferflow export`` does) and run by ONNX Runtime in batches of 256:
     the serving runtime, where the Keras figure above includes Keras' own per-batch overhead."""
-    from ferflow.export import RUNNERS
+    from ferflow.export import RUNNERS, in_batches
 
     path = folder / f"{name}.onnx"
     model.export(str(path), format="onnx", verbose=False)
     run = RUNNERS["onnx"](path)
-    inputs = inputs.astype(np.float32)
-    return images_per_second(lambda x: np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)]), inputs)
+    return images_per_second(lambda x: in_batches(run, x), inputs.astype(np.float32))
 
 
 def int8_onnx_scores(folder: Path, name: str, calibration: np.ndarray, inputs: np.ndarray,
@@ -93,14 +92,13 @@ def int8_onnx_scores(folder: Path, name: str, calibration: np.ndarray, inputs: n
     """``folder/name.onnx`` (from ``onnx_images_per_second``) quantised to int8 as ``ferflow export --formats
     onnx-int8`` does, calibrated on ``calibration`` (training faces, as the file takes them): its images/s in
     batches of 256, and its test accuracy and macro-F1 on ``inputs``."""
-    from ferflow.export import RUNNERS, quantize_onnx
+    from ferflow.export import RUNNERS, in_batches, quantize_onnx
 
     path = folder / f"{name}.int8.onnx"
     quantize_onnx(folder / f"{name}.onnx", path, calibration.astype(np.float32))
     run = RUNNERS["onnx-int8"](path)
     inputs = inputs.astype(np.float32)
-    predict = lambda x: np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)])  # noqa: E731
-    return (images_per_second(predict, inputs), *scores(labels, predict(inputs)))
+    return (images_per_second(lambda x: in_batches(run, x), inputs), *scores(labels, in_batches(run, inputs)))
 
 
 def scores(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:

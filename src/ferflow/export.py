@@ -143,6 +143,11 @@ def _litert_runner(path: Path):
     return run
 
 
+def in_batches(run, inputs: np.ndarray, size: int = 256) -> np.ndarray:
+    """``run`` (a runner's function) over ``inputs`` in batches of ``size``, its outputs concatenated."""
+    return np.concatenate([run(inputs[i : i + size]) for i in range(0, len(inputs), size)])
+
+
 RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner, "onnx-int8": _onnx_runner}
 
 
@@ -266,13 +271,13 @@ def _int8_export(float_file: Path, path: Path, int8_faces: Int8Faces, faces: np.
         quantize_onnx(float_file, path, calibration)
         run_int8 = _onnx_runner(path)
         outputs, speed = _timed(run_int8, faces)
-        int8_top = np.argmax(np.concatenate([run_int8(check[i : i + 256]) for i in range(0, len(check), 256)]), 1)
+        int8_top = np.argmax(in_batches(run_int8, check), 1)
     except ImportError as exc:
         raise _missing("onnx-int8", exc) from None
     except Exception as exc:  # noqa: BLE001 - the quantiser and the runtime raise anything
         raise ExportError(f"onnx-int8: quantisation failed: {first_line(exc)}; nothing was written") from None
     run_float = _onnx_runner(float_file)
-    float_top = np.argmax(np.concatenate([run_float(check[i : i + 256]) for i in range(0, len(check), 256)]), 1)
+    float_top = np.argmax(in_batches(run_float, check), 1)
     agreement = float((int8_top == float_top).mean())
     int8_accuracy, float_accuracy = float((int8_top == labels).mean()), float((float_top == labels).mean())
     if float_accuracy - int8_accuracy > INT8_MAX_ACCURACY_DROP:
