@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferflow import paths
-from ferflow.errors import DataError
+from ferflow.errors import DataError, Terminated
 from ferflow.io import array_digest, exclusive_lock
 
 if TYPE_CHECKING:
@@ -336,10 +336,24 @@ def tracked_run(
             )  # fmt: skip
         try:
             yield run
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, Terminated)):
+                _release_interrupted_frames(exc)
             mlflow.end_run(status=status_on_error)
             raise
         mlflow.end_run(status="FINISHED")
+
+
+def _release_interrupted_frames(exc: BaseException) -> None:
+    """Ctrl-C or SIGTERM can land inside an MLflow write, whose sqlite connection then still holds the write
+    lock from the frames the exception's traceback keeps alive, so ending the run FAILED would find the
+    database locked. Clearing those frames' locals (the traceback's lines stay) and collecting lets the
+    connection roll back and go."""
+    import gc
+    import traceback
+
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 def log_keras_model(model, input_example, pip_requirements: list[str]) -> Any:

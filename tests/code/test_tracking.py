@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import mlflow
 import pytest
 
+from ferflow.errors import Terminated
 from ferflow.paths import find_repo_root
 from ferflow.tracking import flatten, tracked_run, tracking_uri
 
@@ -56,6 +60,21 @@ def test_a_failure_while_adding_to_a_finished_run_leaves_it_finished(repo):
     with pytest.raises(ValueError), tracked_run(repo, run_id=killed.info.run_id):
         raise ValueError("the resumed training failed again")
     assert client.get_run(killed.info.run_id).info.status == "FAILED"
+
+
+def _terminated_inside_a_write(database: Path) -> None:
+    """As when SIGTERM lands inside an MLflow write: a connection holding the write lock, referenced only from
+    the frames the exception's traceback keeps."""
+    connection = sqlite3.connect(database)
+    connection.execute("BEGIN IMMEDIATE")  # the write lock
+    raise Terminated()
+
+
+def test_a_run_terminated_inside_a_database_write_still_ends_failed(repo):
+    with pytest.raises(Terminated), tracked_run(repo, "ferflow-test", "terminated") as run:
+        mlflow.log_metric("loss", 1.0)
+        _terminated_inside_a_write(repo / "mlflow.db")
+    assert mlflow.MlflowClient(tracking_uri(repo)).get_run(run.info.run_id).info.status == "FAILED"
 
 
 def test_dvc_temporary_experiments_log_to_the_real_repository(repo):
