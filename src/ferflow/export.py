@@ -33,6 +33,7 @@ TOLERANCE = 1e-4
 INT8_MAX_ACCURACY_DROP = 0.01  # the int8 file may lose at most 1 point of val accuracy against float32
 CALIBRATION_FACES = 512  # training faces the int8 activation ranges are calibrated on
 INT8_CHECK_FACES = 2000  # at most this many val faces check it
+INT8_MIN_SPLIT_FACES = 20  # fewer train or val faces than this calibrate or check nothing worth trusting
 FORMATS = {"onnx": "model.onnx", "litert": "model.tflite", "onnx-int8": "model.int8.onnx"}
 
 
@@ -81,11 +82,11 @@ def read_int8_faces(path: Path, seed: int = 0) -> Int8Faces:
         raise ExportError(f"onnx-int8 calibration: {first_line(exc)}") from None
     rng = np.random.default_rng(seed)
     chosen = {}
-    for split, most, least in (("train", CALIBRATION_FACES, 20), ("val", INT8_CHECK_FACES, 20)):
+    for split, most in (("train", CALIBRATION_FACES), ("val", INT8_CHECK_FACES)):
         rows = np.flatnonzero(clean["splits"] == split)
-        if len(rows) < least:
-            raise ExportError(f"onnx-int8 calibration: {path} has {len(rows)} {split} faces; at least {least} are "
-                              "needed")  # fmt: skip
+        if len(rows) < INT8_MIN_SPLIT_FACES:
+            raise ExportError(f"onnx-int8 calibration: {path} has {len(rows)} {split} faces; at least "
+                              f"{INT8_MIN_SPLIT_FACES} are needed")  # fmt: skip
         chosen[split] = np.sort(rng.permutation(rows)[:most])
     as_inputs = lambda rows: clean["images"][rows].astype(np.float32)[..., None]  # noqa: E731
     return Int8Faces(as_inputs(chosen["train"]), as_inputs(chosen["val"]), clean["labels"][chosen["val"]],
