@@ -187,6 +187,40 @@ def test_the_int8_onnx_export_is_calibrated_on_training_faces_and_checked_on_val
     assert np.abs(int8_proba - proba).max() < 0.2  # close, not to 1e-4: that is what the val check is for
 
 
+def test_a_model_behind_a_face_crop_exports_to_every_format_at_48_pixels(tmp_path):
+    """`cpu-full` trains a VGG behind a 40x40 `FaceCrop`: its files still take whole 48x48 faces, crop the
+    centre as the Keras model does, and quantise to int8 with the crop inside."""
+    import onnxruntime
+
+    images, labels, usages = generate(300, seed=3, progress=False)
+    keep = np.isin(labels, [3, 4, 5, 6])
+    images, labels = images[keep], labels[keep] - 3
+    params = parse_params({"model": {"architecture": "vgg", "width": 8, "dense_units": 16, "input_crop": 40,
+                                     "first_stage_convs": 1}, "train": {"epochs": 2, "batch_size": 64}})  # fmt: skip
+    trained = fit(params, images, labels, images[:40], labels[:40], 4, verbose=0).model
+    served = serving.servable(trained, CLASSES)
+    served.save(tmp_path / "crop.keras")
+    model = load_keras_model(tmp_path / "crop.keras")
+    assert model.input_shape == (None, 48, 48, 1)
+    int8_faces = read_int8_faces(write_clean_faces(tmp_path / "clean.npz", train=600, val=200))
+    report = export(model, tmp_path / "out", ["onnx", "litert", "onnx-int8"], int8_faces)
+    assert [item["format"] for item in report["exports"]] == ["onnx", "litert", "onnx-int8"]
+    assert all(item["max_abs_difference"] <= 1e-4 for item in report["exports"][:2])
+    assert report["exports"][2]["float32_val_accuracy"] - report["exports"][2]["val_accuracy"] <= 0.01
+    faces = images[:12]
+    proba = predict_proba(model, faces)
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    (face_input,) = session.get_inputs()
+    assert face_input.shape[1:] == [48, 48, 1]
+    onnx_proba = session.run(None, {face_input.name: faces[..., None].astype(np.float32)})[0]
+    assert np.abs(onnx_proba - proba).max() <= 1e-4
+    # the centre crop is what it sees: a change outside the centre 40x40 leaves every answer as it was
+    framed = faces.copy()
+    framed[:, :4], framed[:, -4:], framed[:, :, :4], framed[:, :, -4:] = 0, 255, 255, 0
+    np.testing.assert_allclose(session.run(None, {face_input.name: framed[..., None].astype(np.float32)})[0],
+                               onnx_proba, atol=1e-5)  # fmt: skip
+
+
 def test_an_int8_export_that_loses_accuracy_or_lacks_faces_writes_nothing(champion, tmp_path, capsys, monkeypatch):
     repo, _, _ = champion
     model = load_keras_model(repo / "model.keras")
