@@ -118,11 +118,12 @@ RECIPES: dict[str, Recipe] = {
                 # The network sees a 40x40 crop of the face, at random in training and the centre at inference
                 # (inside the saved model, which still takes 48x48 faces): 0.69x the pixels, so an epoch costs
                 # about 40 s instead of 50-55 here, 32-40 epochs fit in the budget instead of 22, and the served
-                # model predicts 1.45x as fast (int8 ONNX 5,663-6,213 images/s against 4,292: 2.7-3.2x `fer`'s
-                # Keras model, against 2.2x). Its price on the whole val split (2026-12-02, whole recipes, two
-                # seeds of the crop against one of the whole face): the served model 0.6496 and 0.6300 against
-                # 0.6422, with the TTA below 0.6641 and 0.6618 against 0.6706; about 0.8 points with TTA, one
-                # standard error. The recipe takes the speed: it is the only network here near 3x `fer`.
+                # model predicts 1.45x as fast (int8 ONNX 5,663-6,410 images/s against 4,292: 2.7-3.2x `fer`'s
+                # Keras model, against 2.2x). Its price on the whole val split (2026-12-02, whole recipes, three
+                # seeds of the crop against one of the whole face): the served model 0.6496, 0.6300 and 0.6445
+                # against 0.6422, with the TTA below 0.6641, 0.6618 and 0.6610 against 0.6706; about 0.8 points
+                # with TTA, one standard error. The recipe takes the speed: it is the only network here near 3x
+                # `fer`. `-S model.input_crop=0 -S train.epochs=22 -S train.restore_best_weights=true` undoes it.
                 "model.input_crop": 40,
                 # At most 29 minutes of training, so the 30 hold on any machine: the cosine decay is planned
                 # over the epochs that fit, re-planned each epoch (on Sapphire Rapids in bfloat16, 32 of the 40
