@@ -161,8 +161,10 @@ class ModelParams(_Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3  # before the classifier
     # after each conv block of simple_cnn and vgg
     block_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
-    # vgg: convs in the first (48x48) stage, the costliest per filter; the later stages have 2 each
+    # vgg: convs in the first (48x48) stage, the costliest per filter
     first_stage_convs: Annotated[int, Field(ge=1, le=2)] = 2
+    # vgg: convs in each later stage (VGG13 has 2, VGG16 3, VGG19 4)
+    stage_convs: Annotated[int, Field(ge=1, le=4)] = 2
     dense_units: Annotated[int, Field(ge=8, le=4096)] = 128
     weights: str = "none"  # transfer backbones: none | a local weights file
     transfer_input_size: Annotated[int, Field(ge=32, le=224)] = 48

@@ -9,6 +9,7 @@ import pytest
 from ferflow.errors import ParamsError
 from ferflow.models.architectures import ARCHITECTURES, ModelSpec, build_model, check_weights
 from ferflow.models.losses import class_weights, make_loss
+from ferflow.params import parse_params
 
 
 @pytest.fixture(autouse=True)
@@ -171,3 +172,16 @@ def test_vgg_first_stage_convs_and_block_dropout_shape_the_network():
     assert two.count_params() - one.count_params() == 8 * 8 * 9 + 4 * 8  # one 8->8 conv and its batch norm
     assert {two.get_layer(f"stage{s}_dropout").rate for s in (1, 2, 3)} == {0.15}  # params' default
     assert one.get_layer("stage1_dropout").rate == 0.0 and one.get_layer("head_dropout").rate == 0.3
+
+
+def test_vgg_stage_convs_deepens_the_later_stages_only():
+    three = build_model(ModelSpec(architecture="vgg", n_classes=7, width=8, depth=3, stage_convs=3))
+    names = [layer.name for layer in three.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert names == ["stage1a_conv", "stage1b_conv", "stage2a_conv", "stage2b_conv", "stage2c_conv",
+                     "stage3a_conv", "stage3b_conv", "stage3c_conv"]  # fmt: skip
+    two = build_model(ModelSpec(architecture="vgg", n_classes=7, width=8, depth=3))
+    # one more 16->16 and one more 32->32 conv, each with its batch norm
+    assert three.count_params() - two.count_params() == (16 * 16 * 9 + 4 * 16) + (32 * 32 * 9 + 4 * 32)
+    assert parse_params({"model": {"stage_convs": 4}}).model.stage_convs == 4
+    with pytest.raises(ParamsError, match="model.stage_convs"):
+        parse_params({"model": {"stage_convs": 5}})

@@ -2,8 +2,9 @@
 
 - ``simple_cnn``: three conv blocks and a dense layer, the common FER baseline.
 - ``vgg``: stages of [3x3 conv, batch norm, ReLU] x 2 with doubling width (``first_stage_convs`` 1 makes
-  the 48x48 stage one conv), then global average pooling and a batch-normed dense layer (the recipe behind
-  the 72-73 % FER-2013 results, without the 25M-parameter dense head).
+  the 48x48 stage one conv; ``stage_convs`` 3 or 4 deepens the later stages as VGG16 and VGG19 do), then
+  global average pooling and a batch-normed dense layer (the recipe behind the 72-73 % FER-2013 results,
+  without the 25M-parameter dense head).
 - ``mini_xception``: depthwise-separable residual blocks (Arriaga et al. 2017), about 60k parameters.
 - ``vgg16``, ``resnet50``, ``mobilenet_v2``, ``densenet169``: ``keras.applications`` backbones on the grey
   image repeated to three channels; ``weights`` is ``None`` or a local weights file (nothing is downloaded).
@@ -40,6 +41,7 @@ class ModelSpec:
     dropout: float = _PARAMS_DEFAULTS.dropout
     block_dropout: float = _PARAMS_DEFAULTS.block_dropout
     first_stage_convs: int = _PARAMS_DEFAULTS.first_stage_convs
+    stage_convs: int = _PARAMS_DEFAULTS.stage_convs
     dense_units: int = _PARAMS_DEFAULTS.dense_units
     weights: str | None = None  # transfer backbones only: None or a local weights file
     transfer_input_size: int = _PARAMS_DEFAULTS.transfer_input_size
@@ -90,8 +92,8 @@ def vgg(spec: ModelSpec) -> keras.Model:
     x = inputs
     for stage in range(spec.depth):
         filters = spec.width * 2**stage
-        convs = spec.first_stage_convs if stage == 0 else 2
-        for conv in "ab"[:convs]:
+        convs = spec.first_stage_convs if stage == 0 else spec.stage_convs
+        for conv in "abcd"[:convs]:
             x = _conv_bn_relu(x, filters, f"stage{stage + 1}{conv}")
         x = layers.MaxPooling2D(name=f"stage{stage + 1}_pool")(x)
         x = layers.Dropout(spec.block_dropout, name=f"stage{stage + 1}_dropout")(x)

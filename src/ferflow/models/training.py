@@ -33,7 +33,7 @@ def model_spec(params: Params, n_classes: int) -> ModelSpec:
     return ModelSpec(
         architecture=model.architecture, n_classes=n_classes, width=model.width, depth=model.depth,
         dropout=model.dropout, block_dropout=model.block_dropout, first_stage_convs=model.first_stage_convs,
-        dense_units=model.dense_units,
+        stage_convs=model.stage_convs, dense_units=model.dense_units,
         weights=None if model.weights.lower() == "none" else model.weights,
         transfer_input_size=model.transfer_input_size, freeze_backbone=model.freeze_backbone,
         input_crop=model.input_crop,
