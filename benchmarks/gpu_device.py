@@ -26,8 +26,8 @@ at the same time on the one GPU, all logging to one MLflow store (``MLFLOW_TRACK
 ``train.time_budget_minutes`` from what is left before ``--deadline`` (less ``--reserve`` seconds for what
 follows), so the cosine is planned over the epochs that fit. Then the variants' ensemble (their TTA
 probabilities averaged, every variant that finished: no choice is made on test), and ``cv`` and ``register``
-in the first variant's folder: register ranks the variants on val and registers the best. Logs, a summary and
-a tarball of the store and the reports land in ``--out``; the models stay on the machine.
+in the first variant's folder: register ranks the variants on val and registers the best. A log per variant,
+``summary.json`` and a tarball of the store and the reports land in ``--out``; the models stay on the machine.
 """
 
 from __future__ import annotations
@@ -204,8 +204,8 @@ def sweep(variants_file: Path, clean: Path, work: Path, out: Path, deadline: flo
     processed = first / "data" / "processed"
     processed.mkdir(parents=True, exist_ok=True)
     shutil.copy2(clean, processed / "clean.npz")
-    if _stages_in(first, ["augment"], out / "augment.log").wait():
-        raise SystemExit(f"augment failed: see {out / 'augment.log'}")
+    if _stages_in(first, ["augment"], work / "augment.log").wait():
+        raise SystemExit(f"augment failed:\n{(work / 'augment.log').read_text()[-3000:]}")
     budget = (deadline - time.time() - reserve) / 60
     print(f"sweep: {len(names)} variants, {budget:.1f} minutes of training each", flush=True)
     folders, running = {}, {}
@@ -232,7 +232,8 @@ def sweep(variants_file: Path, clean: Path, work: Path, out: Path, deadline: flo
         summary["ensemble"] = _ensemble(folders, processed / "clean.npz")
         print(f"sweep: ensemble {json.dumps(summary['ensemble'])}", flush=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    summary["register_exit"] = _stages_in(first, ["cv", "register"], out / "register.log").wait()
+    summary["register_exit"] = _stages_in(first, ["cv", "register"], work / "register.log").wait()
+    print((work / "register.log").read_text()[-2000:], flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     with tarfile.open(out / "results.tar.gz", "w:gz") as archive:
         for path, name in ((work / "mlflow.db", "mlflow.db"), *((folder / part, f"{name}/{part}")
