@@ -74,3 +74,27 @@ def test_stages_refuses_a_stage_the_dag_does_not_declare(gpu_device, tmp_path, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="has no stage 'tarin'; it has train"):
         gpu_device.stages(["tarin"])
+
+
+@pytest.mark.parametrize("sweep_file", ["gpu_variants.yaml", "gpu_variants_regularise.yaml"])
+def test_every_variant_of_a_sweep_file_is_valid_params_with_its_own_values_on_top(gpu_device, sweep_file,
+                                                                                  monkeypatch):  # fmt: skip
+    """A sweep that would fail on the GPU machine, a key misspelt or a value out of range, fails here first."""
+    import yaml
+
+    from ferflow.params import parse_params
+    from ferflow.recipes import get_recipe
+
+    repo = _SCRIPT.parents[1]
+    monkeypatch.chdir(repo)  # the variants start from the project's params.yaml, as on the GPU machine
+    spec = yaml.safe_load((repo / "benchmarks" / sweep_file).read_text())
+    assert len(spec["variants"]) >= 2
+    for name, values in spec["variants"].items():
+        params = parse_params(gpu_device._variant_params(spec, name, 5.5))
+        assert params.train.time_budget_minutes == 5.5
+        as_read = params.model_dump(by_alias=True)  # keyed as params.yaml is (validate, register)
+        for dotted, value in {**get_recipe(spec["recipe"]).values, **spec["common"], **values}.items():
+            node = as_read
+            for part in dotted.split("."):
+                node = node[part]
+            assert node == value, (name, dotted)
