@@ -203,6 +203,9 @@ class TrainParams(_Section):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0
     class_weighting: bool = False
+    # mixup (Zhang et al. 2018): each batch is blended with a shuffle of itself, faces and labels alike, by a
+    # weight drawn from Beta(alpha, alpha) per batch; 0: off. Regularises a network that fits its training faces.
+    mixup_alpha: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
     # Exponential moving average of the weights over about this many last epochs (Keras' use_ema); 0: off.
     # The saved model is the average when its val loss is lower than that of the epoch it would replace.
     ema_epochs: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0

@@ -25,9 +25,11 @@ from ferflow.models.serving import class_names_of, load_logged_model
 from ferflow.models.training import (
     BestWeights,
     TimeBudget,
+    _EvenBatches,
     averaging_momentum,
     compiled_model,
     cosine_learning_rate,
+    fit,
     keep_averaged_if_better,
     one_hot,
     planned_epochs,
@@ -186,6 +188,48 @@ def test_the_weight_average_replaces_the_epochs_weights_only_when_its_val_loss_i
     assert abs(lower["val_loss"] - trained_loss) > 1e-4  # the average is other weights
     # the average comes with the last epoch's batch-norm statistics, not those of the epoch it replaces
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best.at_end, strict=True))
+
+
+def test_mixup_blends_faces_and_labels_of_a_batch_by_one_weight_and_repeats_on_request():
+    rng = np.random.default_rng(3)
+    faces = rng.random((10, 48, 48, 1)).astype(np.float32)
+    labels = one_hot(np.arange(10) % 7, 7)
+    plain = _EvenBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0)
+    mixed = _EvenBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0, mixup_alpha=0.4)
+    assert len(mixed) == 3  # 4 + 4 + 2 rows: one device takes the uneven last batch
+    x, y = faces[plain.order[:4]], labels[plain.order[:4]]
+    np.testing.assert_array_equal(plain[0][0], x)  # without mixup: the rows as they are
+    blended, soft = mixed[0]
+    # every row is w * itself + (1 - w) * a partner in the batch, one w for the batch, labels blended alike
+    weights, partners = [], []
+    for i in range(4):
+        fits = []
+        for j in range(4):
+            step = (x[i] - x[j]).ravel()
+            w = 1.0 if j == i else float(np.dot((blended[i] - x[j]).ravel(), step) / np.dot(step, step))
+            fits.append((float(np.abs(blended[i] - (w * x[i] + (1 - w) * x[j])).max()), w, j))
+        error, w, j = min(fits)
+        assert error < 1e-5
+        partners.append(j)
+        if j != i:
+            weights.append(w)
+    assert weights and 0.0 < weights[0] < 1.0 and np.allclose(weights, weights[0], atol=1e-5)
+    w = weights[0]
+    np.testing.assert_allclose(soft, w * y + (1 - w) * y[partners], atol=1e-5)
+    np.testing.assert_array_equal(mixed[0][0], blended)  # the same batch asked twice is the same blend
+    mixed.on_epoch_end()
+    assert not np.array_equal(mixed[0][0], blended)  # a new epoch draws new blends
+
+
+def test_a_fit_with_mixup_trains_on_soft_labels(synthetic_arrays):
+    images, labels, usages = synthetic_arrays
+    val = usages == "PublicTest"
+    params = parse_params(tiny_params(train={"epochs": 2, "mixup_alpha": 0.4}))
+    seed_everything(0)
+    result = fit(params, images[~val], labels[~val], images[val], labels[val], 7, verbose=0)
+    assert len(result.history) == 2
+    assert all(math.isfinite(epoch["loss"]) and math.isfinite(epoch["val_loss"]) for epoch in result.history)
+    assert predict_proba(result.model, images[val][:5]).shape == (5, 7)
 
 
 def test_a_time_budget_plans_the_epochs_that_fit_at_the_median_pace():

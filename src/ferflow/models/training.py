@@ -383,12 +383,13 @@ def fit(
     if settings.ema_epochs:
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling too
         optimizer.ema_momentum = averaging_momentum(settings.ema_epochs, math.ceil(len(images) / settings.batch_size))
-    if devices > 1:
+    if devices > 1 or settings.mixup_alpha:
         # A data-parallel batch must split evenly over the devices; Keras' array input ends each epoch with
         # an uneven batch, so the rows go through batches that leave out fewer than `devices` rows an epoch.
+        # Mixup blends labels, which only the data side can do: the same batches, blended.
         row_weights = None if weights is None else np.array([weights[int(j)] for j in labels], np.float32)
         inputs = {"x": _EvenBatches(inputs["x"], inputs["y"], settings.batch_size, devices, row_weights,
-                                    settings.seed)}  # fmt: skip
+                                    settings.seed, settings.mixup_alpha)}  # fmt: skip
         usable = len(val_images) - len(val_images) % devices  # val scores leave out at most devices-1 faces
         validation = (validation[0][:usable], validation[1][:usable])
     schedule = schedule_callbacks(settings, spent_seconds)
@@ -432,24 +433,35 @@ def data_parallel_count() -> int:
 
 class _EvenBatches(keras.utils.PyDataset):
     """Batches of a fresh shuffle each epoch, every one a multiple of ``multiple`` rows: the fewer than
-    ``multiple`` rows that would make the last batch uneven sit out that epoch (different rows each time)."""
+    ``multiple`` rows that would make the last batch uneven sit out that epoch (different rows each time).
+    With ``mixup_alpha`` each batch is blended with a shuffle of itself (faces and one-hot labels, one
+    Beta(alpha, alpha) weight per batch); a blended row keeps its own class weight."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, multiple: int,
-                 sample_weight: np.ndarray | None, seed: int):  # fmt: skip
+                 sample_weight: np.ndarray | None, seed: int, mixup_alpha: float = 0.0):  # fmt: skip
         super().__init__()
         self.x, self.y, self.sample_weight = x, y, sample_weight
         self.batch_size = batch_size
         self.usable = len(x) - len(x) % multiple
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x))
+        self.mixup_alpha, self.seed, self.epoch = mixup_alpha, seed, 0
 
     def __len__(self) -> int:
         return math.ceil(self.usable / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         rows = self.order[index * self.batch_size : min((index + 1) * self.batch_size, self.usable)]
-        batch = (self.x[rows], self.y[rows])
-        return batch if self.sample_weight is None else (*batch, self.sample_weight[rows])
+        x, y = self.x[rows], self.y[rows]
+        if self.mixup_alpha:
+            # a generator of its own per batch: the same blend whichever order Keras asks for batches in
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            weight = np.float32(rng.beta(self.mixup_alpha, self.mixup_alpha))
+            partner = rng.permutation(len(rows))
+            x = weight * x + (1 - weight) * x[partner]
+            y = weight * y + (1 - weight) * y[partner]
+        return (x, y) if self.sample_weight is None else (x, y, self.sample_weight[rows])
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.x))
+        self.epoch += 1
