@@ -200,7 +200,7 @@ def sweep(variants_file: Path, clean: Path, work: Path, out: Path, deadline: flo
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     # Each process takes a share of the GPU's memory instead of JAX's default 75 %, so that all of them fit.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / len(names):.2f}")
-    first = _folder(work, names[0], _variant_params(spec, names[0], 0))
+    first = _folder(work, names[0], _variant_params(spec, names[0], 0))  # augment reads no train budget
     processed = first / "data" / "processed"
     processed.mkdir(parents=True, exist_ok=True)
     shutil.copy2(clean, processed / "clean.npz")
@@ -221,23 +221,28 @@ def sweep(variants_file: Path, clean: Path, work: Path, out: Path, deadline: flo
         running[name] = _stages_in(folder, ["train", "evaluate"], out / f"{name}.log")
     codes = {name: process.wait() for name, process in running.items()}
     summary: dict = {"budget_minutes": round(budget, 2), "exit_codes": codes, "variants": {}}
+
+    def save() -> None:  # after each step: a call cut short at its limit still brings back what finished
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for name, folder in folders.items():
         facts = {}
         for key, path in (("history", "reports/train/history.json"), ("evaluate", "reports/evaluate/metrics.json")):
             if (folder / path).is_file():
                 facts[key] = json.loads((folder / path).read_text())
         summary["variants"][name] = facts
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save()
     if spec.get("ensemble", True) and sum(code == 0 for code in codes.values()) > 1:
         summary["ensemble"] = _ensemble(folders, processed / "clean.npz")
         print(f"sweep: ensemble {json.dumps(summary['ensemble'])}", flush=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        save()
     summary["register_exit"] = _stages_in(first, ["cv", "register"], work / "register.log").wait()
     print((work / "register.log").read_text()[-2000:], flush=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save()
+    kept = [(work / "mlflow.db", "mlflow.db")]  # the store and the reports; the models stay on the machine
+    kept += [(folder / part, f"{name}/{part}") for name, folder in folders.items()
+             for part in ("reports", "params.yaml")]  # fmt: skip
     with tarfile.open(out / "results.tar.gz", "w:gz") as archive:
-        for path, name in ((work / "mlflow.db", "mlflow.db"), *((folder / part, f"{name}/{part}")
-                           for name, folder in folders.items() for part in ("reports", "params.yaml"))):
+        for path, name in kept:
             if path.exists():
                 archive.add(path, arcname=name)
     print(f"sweep: done; exit codes {codes}, register {summary['register_exit']}", flush=True)

@@ -60,6 +60,7 @@ def main() -> None:
         "recipe": recipe.name, "set": args.set, "train_rows": len(labels), "val_rows": len(val_labels),
         "val_acc": round(float((plain.argmax(1) == val_labels).mean()), 4),
         "val_acc_mirror_tta": round(float((mirror_tta.argmax(1) == val_labels).mean()), 4),
+        "epochs": len(result.history),
         "best_epoch": int(np.argmin([row["val_loss"] for row in result.history])),
         "weights": saved_weights(params.train, result.averaged),
         # with train.ema_epochs: the weight average's val scores, whether or not it was kept
