@@ -25,7 +25,7 @@ from ferflow.models.serving import class_names_of, load_logged_model
 from ferflow.models.training import (
     BestWeights,
     TimeBudget,
-    _EvenBatches,
+    _TrainingBatches,
     averaging_momentum,
     compiled_model,
     cosine_learning_rate,
@@ -194,8 +194,8 @@ def test_mixup_blends_faces_and_labels_of_a_batch_by_one_weight_and_repeats_on_r
     rng = np.random.default_rng(3)
     faces = rng.random((10, 48, 48, 1)).astype(np.float32)
     labels = one_hot(np.arange(10) % 7, 7)
-    plain = _EvenBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0)
-    mixed = _EvenBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0, mixup_alpha=0.4)
+    plain = _TrainingBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0)
+    mixed = _TrainingBatches(faces, labels, batch_size=4, multiple=1, sample_weight=None, seed=0, mixup_alpha=0.4)
     assert len(mixed) == 3  # 4 + 4 + 2 rows: one device takes the uneven last batch
     x, y = faces[plain.order[:4]], labels[plain.order[:4]]
     np.testing.assert_array_equal(plain[0][0], x)  # without mixup: the rows as they are

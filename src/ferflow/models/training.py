@@ -388,7 +388,7 @@ def fit(
         # an uneven batch, so the rows go through batches that leave out fewer than `devices` rows an epoch.
         # Mixup blends labels, which only the data side can do: the same batches, blended.
         row_weights = None if weights is None else np.array([weights[int(j)] for j in labels], np.float32)
-        inputs = {"x": _EvenBatches(inputs["x"], inputs["y"], settings.batch_size, devices, row_weights,
+        inputs = {"x": _TrainingBatches(inputs["x"], inputs["y"], settings.batch_size, devices, row_weights,
                                     settings.seed, settings.mixup_alpha)}  # fmt: skip
         usable = len(val_images) - len(val_images) % devices  # val scores leave out at most devices-1 faces
         validation = (validation[0][:usable], validation[1][:usable])
@@ -431,7 +431,7 @@ def data_parallel_count() -> int:
     return int(distribution.device_mesh.devices.size) if distribution is not None else 1
 
 
-class _EvenBatches(keras.utils.PyDataset):
+class _TrainingBatches(keras.utils.PyDataset):
     """Batches of a fresh shuffle each epoch, every one a multiple of ``multiple`` rows: the fewer than
     ``multiple`` rows that would make the last batch uneven sit out that epoch (different rows each time).
     With ``mixup_alpha`` each batch is blended with a shuffle of itself (faces and one-hot labels, one
