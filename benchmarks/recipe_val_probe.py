@@ -8,8 +8,9 @@ pipeline (``benchmarks/recipes.py --keep DIR``, or ``dvc repro validate`` on the
     .venv/bin/python benchmarks/recipe_val_probe.py DIR/cpu-full/data/processed/clean.npz cpu-fast \\
         --fraction 0.1 --set model.input_crop=40 --set train.seed=1
 
-It prints one JSON line: val accuracy plain and with mirror TTA of the weights the recipe saves (which:
-``weights``), the best epoch by val loss, the weight average's val scores with ``train.ema_epochs``, seconds.
+It prints one JSON line: val accuracy plain, with mirror TTA and with the recipe's own ``evaluate.tta``, of
+the weights the recipe saves (which: ``weights``), the best epoch by val loss, the weight average's val
+scores with ``train.ema_epochs``, seconds.
 """
 
 from __future__ import annotations
@@ -56,10 +57,14 @@ def main() -> None:
     result = fit(params, images, labels, val_images, val_labels, len(clean["class_names"]), verbose=0)
     plain = predict_with_tta(result.model, val_images)
     mirror_tta = predict_with_tta(result.model, val_images, flip=True)
+    tta = params.evaluate.tta
+    recipe_tta = predict_with_tta(result.model, val_images, tta.flip, tta.crops, tta.crop_fraction, tta.crop_mode)
     print(json.dumps({
         "recipe": recipe.name, "set": args.set, "train_rows": len(labels), "val_rows": len(val_labels),
         "val_acc": round(float((plain.argmax(1) == val_labels).mean()), 4),
         "val_acc_mirror_tta": round(float((mirror_tta.argmax(1) == val_labels).mean()), 4),
+        # the recipe's own evaluate.tta views (what its evaluate stage would report on val)
+        "val_acc_recipe_tta": round(float((recipe_tta.argmax(1) == val_labels).mean()), 4),
         "epochs": len(result.history),
         "best_epoch": int(np.argmin([row["val_loss"] for row in result.history])),
         "weights": saved_weights(params.train, result.averaged),
