@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _pipeline import best_of
 
 from ferflow.data.synthetic import generate
 from ferflow.data.table import decode_pixels, encode_pixels
-
-
-def best_of(repeats: int, work) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

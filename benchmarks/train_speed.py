@@ -14,8 +14,9 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _pipeline import best_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,12 +39,7 @@ def measure(recipe_name: str, assignments: list[str], images: int, epochs: int) 
     y = one_hot(rng.integers(0, 7, images), 7)
     batch = params.train.batch_size
     model.fit(x[: batch * 10], y[: batch * 10], batch_size=batch, epochs=1, verbose=0)  # warm-up: graph building
-    seconds = []
-    for _ in range(epochs):
-        started = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-        seconds.append(time.perf_counter() - started)
-    return images / min(seconds)  # the least disturbed epoch: this machine is shared
+    return images / best_of(epochs, lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0))
 
 
 def main() -> None:
