@@ -152,6 +152,68 @@ def in_batches(run, inputs: np.ndarray, size: int = 256) -> np.ndarray:
 RUNNERS = {"onnx": _onnx_runner, "litert": _litert_runner, "onnx-int8": _onnx_runner}
 
 
+# Ops that commute with multiplying every input value by one number: the scaling may move past them.
+_SCALE_COMMUTING_OPS = {"Slice", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze"}
+
+
+def fold_input_scaling(graph) -> bool:
+    """Fold the served model's first step, grey levels x 1/255 (``serving.SCALING_LAYER``), into the first
+    convolution's weights, in place in an ONNX ``graph``; True when folded. The result is the same function
+    (to float round-off): conv(c x) = conv'(x) with weights c w, zero padding included, and the crop and layout
+    ops between them commute with the scaling. It is what makes the int8 file fast: with the multiply left in,
+    ONNX Runtime dequantises the whole input, multiplies in float32 and quantises again, and the first int8
+    convolution takes the scaled faces; folded, it takes the grey levels themselves (integers, exact in int8).
+    Anything else than input -> Mul(scalar) [-> Add(0)] -> commuting ops -> Conv is left as it is."""
+    from onnx import numpy_helper
+
+    initializers = {item.name: item for item in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(tensor: str):
+        found = consumers.get(tensor, [])
+        graph_outputs = {item.name for item in graph.output}
+        return found[0] if len(found) == 1 and tensor not in graph_outputs else None
+
+    def scalar(name: str) -> float | None:
+        if name not in initializers:
+            return None
+        value = numpy_helper.to_array(initializers[name])
+        return float(value) if value.size == 1 else None
+
+    if len(graph.input) != 1 or (multiply := only_consumer(graph.input[0].name)) is None:
+        return False
+    constant = [name for name in multiply.input if name != graph.input[0].name]
+    if multiply.op_type != "Mul" or len(constant) != 1 or (factor := scalar(constant[0])) is None:
+        return False
+    removed, tensor = [multiply], multiply.output[0]
+    after = only_consumer(tensor)
+    if after is not None and after.op_type == "Add" and any(scalar(name) == 0.0 for name in after.input):  # offset
+        removed.append(after)
+        tensor, after = after.output[0], only_consumer(after.output[0])
+    first_after_scaling = after
+    while after is not None and after.op_type in _SCALE_COMMUTING_OPS:
+        after = only_consumer(after.output[0])
+    if after is None or after.op_type != "Conv" or after.input[1] not in initializers:
+        return False
+    if len(consumers[after.input[1]]) != 1:  # weights shared with another node would change there too
+        return False
+    weights = initializers[after.input[1]]
+    scaled = numpy_helper.to_array(weights) * np.float32(factor)
+    weights.CopyFrom(numpy_helper.from_array(scaled.astype(numpy_helper.to_array(weights).dtype), weights.name))
+    for index, name in enumerate(first_after_scaling.input):
+        if name == tensor:
+            first_after_scaling.input[index] = graph.input[0].name
+    for node in removed:
+        graph.node.remove(node)
+    still_used = {name for node in graph.node for name in node.input}
+    for name in {name for node in removed for name in node.input if name in initializers} - still_used:
+        graph.initializer.remove(initializers[name])
+    return True
+
+
 def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> None:
     """``float_file`` quantised by ONNX Runtime into ``out_file``: static int8, weights per channel, activation
     ranges from ``calibration`` (inputs as the file takes them), QDQ format (what ONNX Runtime fuses into int8
@@ -176,9 +238,13 @@ def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> 
             return next(self.batches, None)
 
     prepared = out_file.with_name(f"prepared.{out_file.name}")
+    folded = out_file.with_name(f"folded.{out_file.name}")
     try:
+        graph_file = onnx.load(str(float_file))
+        fold_input_scaling(graph_file.graph)
+        onnx.save(graph_file, str(folded))
         # folds constants and infers shapes first, as ONNX Runtime advises (its symbolic pass needs sympy)
-        quant_pre_process(str(float_file), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(folded), str(prepared), skip_symbolic_shape=True)
         # The softmax stays float32: in int8 the probabilities would come in steps of 1/255, close classes would
         # tie, and they would no longer sum to 1.
         softmax = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Softmax"]
@@ -187,6 +253,7 @@ def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> 
                         nodes_to_exclude=softmax)  # fmt: skip
     finally:
         prepared.unlink(missing_ok=True)
+        folded.unlink(missing_ok=True)
 
 
 def _missing(name: str, exc: ImportError) -> ExportError:

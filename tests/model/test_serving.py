@@ -222,6 +222,63 @@ def test_a_model_behind_a_face_crop_exports_to_every_format_at_48_pixels(tmp_pat
     framed[:, :4], framed[:, -4:], framed[:, :, :4], framed[:, :, -4:] = 0, 255, 255, 0
     np.testing.assert_allclose(session.run(None, {face_input.name: framed[..., None].astype(np.float32)})[0],
                                onnx_proba, atol=1e-5)  # fmt: skip
+    # in the int8 file the grey levels go straight to the crop and the first convolution: the x 1/255 of the
+    # Keras model is folded into that convolution's weights, not run in float32 on every pixel
+    import onnx
+
+    int8_graph = onnx.load(str(tmp_path / "out" / "model.int8.onnx")).graph
+    assert not [node.name for node in int8_graph.node if serving.SCALING_LAYER in " ".join(node.output)]
+    path, tensor = [], face_input.name
+    while not path or path[-1] != "Conv":
+        (node,) = [node for node in int8_graph.node if tensor in node.input]
+        path, tensor = [*path, node.op_type], node.output[0]
+    assert set(path) <= {"Slice", "QuantizeLinear", "DequantizeLinear", "Reshape", "Conv"}, path
+
+
+def _scaled_conv_graph(offset: float = 0.0, between: str = "Slice", scaling_also_an_output: bool = False):
+    """faces (1, 1, 6, 6) -> x 0.5 -> + offset -> ``between`` -> 3x3 conv with zero padding -> out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).normal(size=(2, 1, 3, 3)).astype(np.float32)
+    const = lambda name, value: numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)  # noqa: E731
+    crop = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in (("s", [1, 1]), ("e", [5, 5]),
+                                                                                 ("a", [2, 3]))]  # fmt: skip
+    middle = (helper.make_node("Slice", ["shifted", "s", "e", "a"], ["moved"]) if between == "Slice"
+              else helper.make_node(between, ["shifted"], ["moved"]))  # fmt: skip
+    nodes = [helper.make_node("Mul", ["faces", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "offset"], ["shifted"]), middle,
+             helper.make_node("Conv", ["moved", "w"], ["out"], pads=[1, 1, 1, 1])]  # fmt: skip
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if scaling_also_an_output:
+        outputs.append(helper.make_tensor_value_info("scaled", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("faces", TensorProto.FLOAT, [1, 1, 6, 6])],
+                              outputs, [const("scale", 0.5), const("offset", offset), const("w", weights), *crop])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_input_scaling_folds_into_the_first_convolution_only_where_that_is_exact():
+    import onnxruntime
+
+    faces = np.random.default_rng(1).integers(0, 256, (1, 1, 6, 6)).astype(np.float32)
+
+    def outputs(model) -> np.ndarray:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(["out"], {"faces": faces})[0]
+
+    model = _scaled_conv_graph()
+    before = outputs(model)
+    assert export_module.fold_input_scaling(model.graph)
+    assert [node.op_type for node in model.graph.node] == ["Slice", "Conv"]
+    assert model.graph.node[0].input[0] == "faces"
+    assert {item.name for item in model.graph.initializer} == {"w", "s", "e", "a"}  # the scale and offset are gone
+    np.testing.assert_allclose(outputs(model), before, rtol=1e-5, atol=1e-4)
+    # not folded, and left as it was: an offset (the zero padding would no longer match), an op that does not
+    # commute with the scaling, and a scaled tensor something else reads too
+    for refused in (_scaled_conv_graph(offset=3.0), _scaled_conv_graph(between="Relu"),
+                    _scaled_conv_graph(scaling_also_an_output=True)):  # fmt: skip
+        untouched = refused.SerializeToString()
+        assert not export_module.fold_input_scaling(refused.graph)
+        assert refused.SerializeToString() == untouched
 
 
 def test_an_int8_export_that_loses_accuracy_or_lacks_faces_writes_nothing(champion, tmp_path, capsys, monkeypatch):
