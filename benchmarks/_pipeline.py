@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the three-split FER-2013 file, a temporary copy of the pipeline, best-of timing.
+"""Shared by the benchmarks: the three-split FER-2013 file, a temporary copy of the pipeline, timing helpers.
 
 ``three_split_file`` builds a complete three-split file from ``../shared/data/fer2013-train-publictest.csv.gz``:
 a stratified 3,589 of its Training rows (the size of the real PrivateTest) relabelled ``PrivateTest``; the
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,27 @@ def best_of(repeats: int, work) -> float:
         work()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def interleaved_ratios(runners: dict, rounds: int = 7) -> dict[str, tuple[float, float, float]]:
+    """Speed ratios against the first of ``runners`` (name -> (predict, inputs)): median, lowest and highest over
+    ``rounds`` rounds, each timing every runner once, back to back, in an order that rotates. On a shared
+    machine the load changes between two timings minutes apart (the best-of figures above moved 2.7-3.2x
+    between runs of the same files); within a round it mostly hits both sides."""
+    names = list(runners)
+    for predict, inputs in runners.values():
+        predict(inputs[:256])  # warm-up: first calls allocate
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for number in range(rounds):
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            predict, inputs = runners[name]
+            speeds[name].append(len(inputs) / best_of(1, lambda: predict(inputs)))  # noqa: B023
+    baseline = np.array(speeds[names[0]])
+    out = {}
+    for name in names[1:]:
+        ratios = np.array(speeds[name]) / baseline
+        out[name] = (float(np.median(ratios)), float(ratios.min()), float(ratios.max()))
+    return out
 
 
 def three_split_file(out: Path, private_rows: int = 3589, seed: int = 2013) -> None:

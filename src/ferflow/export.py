@@ -214,10 +214,11 @@ def fold_input_scaling(graph) -> bool:
     return True
 
 
-def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> None:
+def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray, fold_scaling: bool = True) -> None:
     """``float_file`` quantised by ONNX Runtime into ``out_file``: static int8, weights per channel, activation
     ranges from ``calibration`` (inputs as the file takes them), QDQ format (what ONNX Runtime fuses into int8
-    kernels on x86 and ARM CPUs)."""
+    kernels on x86 and ARM CPUs). The input scaling is folded first (``fold_input_scaling``) unless
+    ``fold_scaling`` is false, which only the benchmark that measures the fold asks for."""
     import onnx
     import onnxruntime
     from onnxruntime.quantization import (
@@ -241,7 +242,8 @@ def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray) -> 
     folded = out_file.with_name(f"folded.{out_file.name}")
     try:
         graph_file = onnx.load(str(float_file))
-        fold_input_scaling(graph_file.graph)
+        if fold_scaling:
+            fold_input_scaling(graph_file.graph)
         onnx.save(graph_file, str(folded))
         # folds constants and infers shapes first, as ONNX Runtime advises (its symbolic pass needs sympy)
         quant_pre_process(str(folded), str(prepared), skip_symbolic_shape=True)
