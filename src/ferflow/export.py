@@ -167,6 +167,7 @@ def fold_input_scaling(graph) -> bool:
     from onnx import numpy_helper
 
     initializers = {item.name: item for item in graph.initializer}
+    graph_outputs = {item.name for item in graph.output}
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -174,7 +175,6 @@ def fold_input_scaling(graph) -> bool:
 
     def only_consumer(tensor: str):
         found = consumers.get(tensor, [])
-        graph_outputs = {item.name for item in graph.output}
         return found[0] if len(found) == 1 and tensor not in graph_outputs else None
 
     def scalar(name: str) -> float | None:
@@ -201,8 +201,8 @@ def fold_input_scaling(graph) -> bool:
     if len(consumers[after.input[1]]) != 1:  # weights shared with another node would change there too
         return False
     weights = initializers[after.input[1]]
-    scaled = numpy_helper.to_array(weights) * np.float32(factor)
-    weights.CopyFrom(numpy_helper.from_array(scaled.astype(numpy_helper.to_array(weights).dtype), weights.name))
+    kernel = numpy_helper.to_array(weights)
+    weights.CopyFrom(numpy_helper.from_array((kernel * np.float32(factor)).astype(kernel.dtype), weights.name))
     for index, name in enumerate(first_after_scaling.input):
         if name == tensor:
             first_after_scaling.input[index] = graph.input[0].name
@@ -241,12 +241,14 @@ def quantize_onnx(float_file: Path, out_file: Path, calibration: np.ndarray, fol
     prepared = out_file.with_name(f"prepared.{out_file.name}")
     folded = out_file.with_name(f"folded.{out_file.name}")
     try:
-        graph_file = onnx.load(str(float_file))
+        source = float_file
         if fold_scaling:
+            graph_file = onnx.load(str(float_file))
             fold_input_scaling(graph_file.graph)
-        onnx.save(graph_file, str(folded))
+            onnx.save(graph_file, str(folded))
+            source = folded
         # folds constants and infers shapes first, as ONNX Runtime advises (its symbolic pass needs sympy)
-        quant_pre_process(str(folded), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         # The softmax stays float32: in int8 the probabilities would come in steps of 1/255, close classes would
         # tie, and they would no longer sum to 1.
         softmax = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Softmax"]
